@@ -1,0 +1,258 @@
+"""Every Prometheus metric Aftershock exports, defined in one place.
+
+Each service builds its own set on its own registry (tests run several services in one process).
+Names carry the `aftershock_` prefix and a unit suffix; labels are bounded: `model` is a name from
+the registry or engine config (never raw client input), `replica`/`target` come from config, `code`
+is a gRPC status name. The inference service also exports vLLM's own `vllm:*` names so dashboards
+read the same on the simulator and on a GPU.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.process_collector import ProcessCollector
+
+# Request latency at a hop, seconds.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+# Time to first token, seconds; 0.5 and 1.0 are SLO thresholds used by alerts/.
+TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Time between tokens as a client sees them, seconds.
+ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+UNKNOWN_MODEL = "unknown"
+
+
+def new_registry() -> CollectorRegistry:
+    """A registry with the process collector, so every /metrics port shows CPU and RSS."""
+    registry = CollectorRegistry(auto_describe=True)
+    ProcessCollector(registry=registry)
+    return registry
+
+
+class HopMetrics:
+    """Rate, errors and duration at one hop (edge, backend or inference)."""
+
+    def __init__(self, service: str, registry: CollectorRegistry) -> None:
+        self.service = service
+        self.registry = registry
+        self.requests_total = Counter(
+            "aftershock_requests",
+            "Requests finished at this hop, by model and gRPC status code name.",
+            ["service", "model", "code"],
+            registry=registry,
+        )
+        self.request_duration_seconds = Histogram(
+            "aftershock_request_duration_seconds",
+            "Time from arrival at this hop to the last byte of the answer.",
+            ["service", "model", "stream"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.in_flight_requests = Gauge(
+            "aftershock_in_flight_requests",
+            "Requests being served at this hop now.",
+            ["service"],
+            registry=registry,
+        )
+        self.shed_requests_total = Counter(
+            "aftershock_shed_requests",
+            "Requests refused at this hop because its in-flight bound was reached.",
+            ["service"],
+            registry=registry,
+        )
+        self.output_tokens_total = Counter(
+            "aftershock_output_tokens",
+            "Completion tokens delivered by this hop.",
+            ["service", "model"],
+            registry=registry,
+        )
+        self.in_flight = self.in_flight_requests.labels(service)
+
+
+class EdgeMetrics(HopMetrics):
+    """The edge adds what the client perceives."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__("edge", registry)
+        self.time_to_first_token_seconds = Histogram(
+            "aftershock_time_to_first_token_seconds",
+            "Client-perceived time from request arrival at the edge to the first content byte sent.",
+            ["model"],
+            buckets=TTFT_BUCKETS,
+            registry=registry,
+        )
+        self.inter_token_latency_seconds = Histogram(
+            "aftershock_inter_token_latency_seconds",
+            "Client-perceived time between consecutive streamed events, divided by tokens carried.",
+            ["model"],
+            buckets=ITL_BUCKETS,
+            registry=registry,
+        )
+        self.http_responses_total = Counter(
+            "aftershock_http_responses",
+            "HTTP responses sent by the edge, by status code.",
+            ["status"],
+            registry=registry,
+        )
+
+
+class BackendMetrics(HopMetrics):
+    """Routing and resilience decisions taken by the backend."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__("backend", registry)
+        self.upstream_requests_total = Counter(
+            "aftershock_upstream_requests",
+            "Attempts sent to an inference replica, by outcome code.",
+            ["replica", "code"],
+            registry=registry,
+        )
+        self.replica_healthy = Gauge(
+            "aftershock_replica_healthy",
+            "1 when the replica answers gRPC health with SERVING, else 0.",
+            ["model", "replica"],
+            registry=registry,
+        )
+        self.breaker_state = Gauge(
+            "aftershock_breaker_state",
+            "Circuit breaker state per downstream target: 0 closed, 1 open, 2 half-open.",
+            ["target"],
+            registry=registry,
+        )
+        self.breaker_transitions_total = Counter(
+            "aftershock_breaker_transitions",
+            "Circuit breaker state changes, by the state entered.",
+            ["target", "state"],
+            registry=registry,
+        )
+        self.retries_total = Counter(
+            "aftershock_retries",
+            "Retries sent, by the gRPC code of the failed try.",
+            ["model", "code"],
+            registry=registry,
+        )
+        self.retry_budget_exhausted_total = Counter(
+            "aftershock_retry_budget_exhausted",
+            "Retries not sent because the retry budget was spent.",
+            ["model"],
+            registry=registry,
+        )
+        self.failovers_total = Counter(
+            "aftershock_failovers",
+            "Streams moved to another replica; phase is before_first_token or mid_stream.",
+            ["model", "phase", "outcome"],
+            registry=registry,
+        )
+        self.dedupe_requests_total = Counter(
+            "aftershock_dedupe_requests",
+            "Keyed requests by dedupe outcome: claimed, joined, replayed, taken_over, conflict, bypassed.",
+            ["outcome"],
+            registry=registry,
+        )
+        self.redis_up = Gauge(
+            "aftershock_redis_up",
+            "1 when the last Redis call succeeded, else 0 (dedupe then fails open).",
+            registry=registry,
+        )
+        self.registry_fallback = Gauge(
+            "aftershock_registry_fallback",
+            "1 when the model registry file is unreadable and the static fallback catalogue is served.",
+            registry=registry,
+        )
+
+
+class EngineMetrics:
+    """vLLM's own metric names, exported by every engine so dashboards read the same everywhere."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.num_requests_running = Gauge(
+            "vllm:num_requests_running", "Requests in the running batch.", ["model_name"], registry=registry
+        )
+        self.num_requests_waiting = Gauge(
+            "vllm:num_requests_waiting", "Requests in the waiting queue.", ["model_name"], registry=registry
+        )
+        self.kv_cache_usage_perc = Gauge(
+            "vllm:kv_cache_usage_perc", "KV cache usage, 0 to 1.", ["model_name"], registry=registry
+        )
+        self.time_to_first_token_seconds = Histogram(
+            "vllm:time_to_first_token_seconds",
+            "Engine time to first token.",
+            ["model_name"],
+            buckets=TTFT_BUCKETS,
+            registry=registry,
+        )
+        self.inter_token_latency_seconds = Histogram(
+            "vllm:inter_token_latency_seconds",
+            "Engine time between tokens.",
+            ["model_name"],
+            buckets=ITL_BUCKETS,
+            registry=registry,
+        )
+        self.e2e_request_latency_seconds = Histogram(
+            "vllm:e2e_request_latency_seconds",
+            "Engine end-to-end request latency.",
+            ["model_name"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.request_queue_time_seconds = Histogram(
+            "vllm:request_queue_time_seconds",
+            "Time a request spent waiting before it was scheduled.",
+            ["model_name"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.prompt_tokens_total = Counter(
+            "vllm:prompt_tokens", "Prefill tokens processed.", ["model_name"], registry=registry
+        )
+        self.generation_tokens_total = Counter(
+            "vllm:generation_tokens", "Generation tokens produced.", ["model_name"], registry=registry
+        )
+        self.request_success_total = Counter(
+            "vllm:request_success",
+            "Finished requests by finish reason (stop, length, abort).",
+            ["model_name", "finished_reason"],
+            registry=registry,
+        )
+        self.faults_injected_total = Counter(
+            "aftershock_engine_faults_injected",
+            "Status-level faults injected by the simulator engine.",
+            ["model", "kind"],
+            registry=registry,
+        )
+
+
+class GpuMetrics:
+    """NVML readings; registered only when a GPU exists, so the series are absent (not 0) otherwise."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.utilization_ratio = Gauge(
+            "aftershock_gpu_utilization_ratio", "GPU busy fraction, 0 to 1.", ["gpu"], registry=registry
+        )
+        self.memory_used_bytes = Gauge(
+            "aftershock_gpu_memory_used_bytes", "GPU memory in use.", ["gpu"], registry=registry
+        )
+        self.memory_total_bytes = Gauge(
+            "aftershock_gpu_memory_total_bytes", "GPU memory in all.", ["gpu"], registry=registry
+        )
+
+
+class FaultProxyMetrics:
+    """What the Toxiproxy-API fault proxy is doing, for the resilience dashboard's fault panel."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.proxy_enabled = Gauge(
+            "aftershock_faultproxy_proxy_enabled", "1 when the proxy passes traffic.", ["proxy"], registry=registry
+        )
+        self.toxics_active = Gauge(
+            "aftershock_faultproxy_toxics_active",
+            "Toxics installed on a proxy, by type.",
+            ["proxy", "type"],
+            registry=registry,
+        )
+        self.connections_total = Counter(
+            "aftershock_faultproxy_connections",
+            "Client connections accepted by a proxy.",
+            ["proxy"],
+            registry=registry,
+        )

@@ -1,0 +1,3 @@
+from aftershock.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The backend service: routing, dedupe and resilience between the edge and inference."""

@@ -1,0 +1,102 @@
+"""The model registry: which inference replicas serve which model.
+
+Read from a YAML/JSON file and re-read when it changes. When the file is unreadable or invalid, the
+last good registry stays in force; when there never was one, the static fallback catalogue from the
+settings is served, and `aftershock_registry_fallback` says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from aftershock.metrics import BackendMetrics
+
+log = logging.getLogger(__name__)
+
+
+class ReplicaConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1)
+    address: str = Field(min_length=1, description="host:port of the inference service")
+
+
+class ModelRoute(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1)
+    replicas: tuple[str, ...] = Field(min_length=1)
+
+
+class RegistryConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    replicas: tuple[ReplicaConfig, ...] = ()
+    models: tuple[ModelRoute, ...] = ()
+
+    @model_validator(mode="after")
+    def _replicas_exist(self) -> RegistryConfig:
+        names = {r.name for r in self.replicas}
+        if len(names) != len(self.replicas):
+            raise ValueError("replica names must be unique")
+        for model in self.models:
+            missing = set(model.replicas) - names
+            if missing:
+                raise ValueError(f"model {model.name!r} names unknown replicas {sorted(missing)}")
+        return self
+
+    def replicas_for(self, model: str) -> tuple[str, ...] | None:
+        for route in self.models:
+            if route.name == model:
+                return route.replicas
+        return None
+
+
+def load_registry_file(path: Path) -> RegistryConfig:
+    return RegistryConfig.model_validate(yaml.safe_load(path.read_text()) or {})
+
+
+class ModelRegistry:
+    def __init__(self, path: Path | None, fallback: RegistryConfig, metrics: BackendMetrics) -> None:
+        self._path = path
+        self._fallback = fallback
+        self._metrics = metrics
+        self._mtime: float | None = None
+        self.config = fallback
+        self.using_fallback = True
+        self.reload()
+
+    def reload(self) -> bool:
+        """Re-read the file if it changed; True when the config in force changed."""
+        if self._path is None:
+            self._metrics.registry_fallback.set(1)
+            return False
+        try:
+            mtime = os.stat(self._path).st_mtime
+            if mtime == self._mtime and not self.using_fallback:
+                return False
+            config = load_registry_file(self._path)
+        except (OSError, yaml.YAMLError, ValidationError) as exc:
+            if self._mtime is None:
+                log.error("registry unreadable, serving the fallback catalogue", extra={"error": str(exc)})
+                self.using_fallback = True
+                self._metrics.registry_fallback.set(1)
+            else:
+                log.error("registry unreadable, keeping the last good one", extra={"error": str(exc)})
+            return False
+        changed = config != self.config
+        self.config = config
+        self._mtime = mtime
+        self.using_fallback = False
+        self._metrics.registry_fallback.set(0)
+        if changed:
+            log.info("registry loaded", extra={"models": [m.name for m in config.models]})
+        return changed
+
+    def model_names(self) -> frozenset[str]:
+        return frozenset(m.name for m in self.config.models)

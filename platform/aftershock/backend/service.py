@@ -1,0 +1,80 @@
+"""Assembles and runs the backend service."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from prometheus_client import CollectorRegistry
+
+from aftershock.backend.registry import ModelRegistry
+from aftershock.backend.replicas import ReplicaPool
+from aftershock.backend.router import Router
+from aftershock.backend.servicer import BackendServicer
+from aftershock.backend.settings import BackendSettings
+from aftershock.metrics import BackendMetrics, new_registry
+from aftershock.metrics_http import start_metrics_server
+from aftershock.rpc.interceptors import StatusInterceptor
+from aftershock.rpc.server import RunningServer, install_stop_signals, start_server
+from aftershock.v1 import backend_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "aftershock.v1.Backend"
+
+
+class BackendService:
+    def __init__(self, settings: BackendSettings, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.registry = registry if registry is not None else new_registry()
+        self.metrics = BackendMetrics(self.registry)
+        self.models = ModelRegistry(settings.registry_file, settings.fallback_catalogue, self.metrics)
+        self.pool = ReplicaPool(self.metrics)
+        self.router = Router(self.models, self.pool)
+        self._server: RunningServer | None = None
+        self._reloader: asyncio.Task[None] | None = None
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return self._server.port
+
+    async def start(self) -> None:
+        await self.pool.apply(self.models.config)
+        servicer = BackendServicer(self.models, self.pool, self.router, self.metrics)
+        self._server = await start_server(
+            host=self.settings.host,
+            port=self.settings.port,
+            register=lambda s: backend_pb2_grpc.add_BackendServicer_to_server(servicer, s),
+            service_names=(SERVICE_NAME,),
+            interceptors=(StatusInterceptor(self.metrics, self.models.model_names),),
+        )
+        self._reloader = asyncio.create_task(self._reload_loop(), name="registry-reload")
+        log.info("backend serving", extra={"port": self._server.port})
+
+    async def _reload_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.registry_reload_s)
+            if self.models.reload():
+                await self.pool.apply(self.models.config)
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        if self._reloader is not None:
+            self._reloader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reloader
+        if self._server is not None:
+            await self._server.shutdown(self.settings.shutdown_grace_s if grace_s is None else grace_s)
+        await self.pool.close()
+
+
+async def run(settings: BackendSettings) -> None:
+    service = BackendService(settings)
+    await service.start()
+    start_metrics_server(settings.metrics_port, settings.host, service.registry)
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    await stop.wait()
+    log.info("backend draining", extra={"grace_s": settings.shutdown_grace_s})
+    await service.stop()

@@ -1,0 +1,90 @@
+"""The `aftershock` command: `up` runs the whole stack; `inference|backend|edge` run one service."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def _overrides(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
+    """Flags given on the command line win over the environment; unset flags leave it alone."""
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", help="address to listen on")
+    p.add_argument("--port", type=int, help="service port")
+    p.add_argument("--metrics-port", dest="metrics_port", type=int, help="Prometheus /metrics port (0: off)")
+    p.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING, ...")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aftershock", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run inference, backend and edge on this machine")
+    up.add_argument("--edge-port", type=int, default=8000)
+    up.add_argument("--replicas", type=int, default=2, help="inference replicas (sim engine)")
+    up.add_argument("--models-file", type=Path, help="sim models YAML for every replica")
+    up.add_argument("--ready-timeout", type=float, default=60.0)
+
+    inf = sub.add_parser("inference", help="run the inference service")
+    _common(inf)
+    inf.add_argument("--engine", choices=["sim", "vllm", "openai"])
+    inf.add_argument("--models-file", dest="models_file", type=Path)
+    inf.add_argument("--replica-name", dest="replica_name")
+
+    be = sub.add_parser("backend", help="run the backend service")
+    _common(be)
+    be.add_argument("--registry-file", dest="registry_file", type=Path)
+
+    edge = sub.add_parser("edge", help="run the HTTP edge")
+    _common(edge)
+    edge.add_argument("--backend", dest="backend_target", help="backend host:port")
+
+    tp = sub.add_parser("toxiproxy", help="run the Toxiproxy-API fault proxy", add_help=False)
+    tp.add_argument("rest", nargs=argparse.REMAINDER)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["toxiproxy"]:
+        from aftershock.faultproxy.server import main as toxiproxy_main
+
+        return toxiproxy_main(argv[1:])
+    args = _parser().parse_args(argv)
+    from aftershock import runtime
+
+    common = ("host", "port", "metrics_port", "log_level")
+    if args.command == "inference":
+        from aftershock.inference.service import run as run_inference
+        from aftershock.inference.settings import InferenceSettings
+
+        inf = InferenceSettings(**_overrides(args, (*common, "engine", "models_file", "replica_name")))
+        return runtime.run("inference", inf.log_level, run_inference(inf))
+    if args.command == "backend":
+        from aftershock.backend.service import run as run_backend
+        from aftershock.backend.settings import BackendSettings
+
+        be = BackendSettings(**_overrides(args, (*common, "registry_file")))
+        return runtime.run("backend", be.log_level, run_backend(be))
+    if args.command == "edge":
+        from aftershock.edge.service import run as run_edge
+        from aftershock.edge.settings import EdgeSettings
+
+        edge = EdgeSettings(**_overrides(args, (*common, "backend_target")))
+        return runtime.run("edge", edge.log_level, run_edge(edge))
+    from aftershock.up import StackOptions, run_stack
+
+    return run_stack(
+        StackOptions(
+            edge_port=args.edge_port,
+            replicas=args.replicas,
+            models_file=args.models_file,
+            ready_timeout_s=args.ready_timeout,
+        )
+    )

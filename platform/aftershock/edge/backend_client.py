@@ -1,0 +1,46 @@
+"""The edge's view of the backend: one channel, a short-lived model cache and readiness."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+
+from aftershock.rpc.client import insecure_channel
+from aftershock.v1 import backend_pb2_grpc
+from aftershock.v1 import generation_pb2 as pb
+
+
+class BackendClient:
+    def __init__(self, target: str, models_cache_s: float) -> None:
+        self.channel = insecure_channel(target)
+        self.stub = backend_pb2_grpc.BackendStub(self.channel)
+        self._cache_s = models_cache_s
+        self._models: list[pb.ModelInfo] = []
+        self._fetched_at = -1e9
+        self.known_models: frozenset[str] = frozenset()
+
+    async def list_models(self, timeout: float) -> list[pb.ModelInfo]:
+        now = time.monotonic()
+        if now - self._fetched_at > self._cache_s:
+            resp = await self.stub.ListModels(pb.ListModelsRequest(), timeout=timeout)
+            self._models = list(resp.models)
+            self.known_models = frozenset(m.name for m in self._models)
+            self._fetched_at = now
+        return self._models
+
+    async def readiness(self, timeout: float) -> tuple[bool, str]:
+        """Ready when the backend answers and every model has at least one reachable replica."""
+        try:
+            models = await self.list_models(timeout)
+        except grpc.aio.AioRpcError as exc:
+            return False, f"backend unreachable: {exc.code().name}"
+        if not models:
+            return False, "no models are registered"
+        down = [m.name for m in models if m.ready_replicas == 0]
+        if down:
+            return False, "no reachable replica for: " + ", ".join(sorted(down))
+        return True, "ready"
+
+    async def close(self) -> None:
+        await self.channel.close()

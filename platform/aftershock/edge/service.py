@@ -1,0 +1,63 @@
+"""Runs the edge under uvicorn (uvloop + httptools, access log off: our JSON request log is the log)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Iterator
+
+import uvicorn
+from prometheus_client import CollectorRegistry
+
+from aftershock.edge.app import create_app
+from aftershock.edge.backend_client import BackendClient
+from aftershock.edge.settings import EdgeSettings
+from aftershock.metrics import EdgeMetrics, new_registry
+from aftershock.metrics_http import start_metrics_server
+
+log = logging.getLogger(__name__)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises the stop signal after draining, so the process would die of SIGTERM;
+    we stop it ourselves (should_exit) and exit 0 once open streams have drained."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def build(settings: EdgeSettings, registry: CollectorRegistry | None = None) -> tuple[uvicorn.Server, BackendClient]:
+    registry = registry if registry is not None else new_registry()
+    metrics = EdgeMetrics(registry)
+    backend = BackendClient(settings.backend_target, settings.models_cache_s)
+    app = create_app(settings, backend, metrics)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="none",
+        http="httptools",
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
+        lifespan="off",
+    )
+    return _Server(config), backend
+
+
+async def run(settings: EdgeSettings) -> None:
+    registry = new_registry()
+    server, backend = build(settings, registry)
+    start_metrics_server(settings.metrics_port, settings.host, registry)
+    log.info("edge serving", extra={"port": settings.port, "backend": settings.backend_target})
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        # Stop accepting, then drain open streams for up to the grace period.
+        loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+    try:
+        await server.serve()
+    finally:
+        await backend.close()

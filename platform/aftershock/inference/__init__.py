@@ -1,0 +1,1 @@
+"""The inference service: one Engine (sim, vllm or openai) behind gRPC."""

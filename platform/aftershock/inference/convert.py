@@ -1,0 +1,59 @@
+"""Between the gRPC contract and the engine's plain dataclasses."""
+
+from __future__ import annotations
+
+from aftershock.inference.engine import ChatTurn, EngineOutput, EngineRequest, ModelSpec
+from aftershock.v1 import generation_pb2 as pb
+
+FINISH_TO_PB = {
+    "stop": pb.FINISH_REASON_STOP,
+    "length": pb.FINISH_REASON_LENGTH,
+    "abort": pb.FINISH_REASON_ABORT,
+}
+
+
+def engine_request(req: pb.GenerateRequest, deadline: float | None) -> EngineRequest:
+    s = req.sampling
+    messages: tuple[ChatTurn, ...] | None = None
+    prompt: str | None = None
+    if req.WhichOneof("input") == "chat":
+        messages = tuple(ChatTurn(m.role, m.content) for m in req.chat.messages)
+    else:
+        prompt = req.prompt
+    return EngineRequest(
+        request_id=req.request_id,
+        model=req.model,
+        max_tokens=s.max_tokens,
+        prompt=prompt,
+        messages=messages,
+        temperature=s.temperature if s.HasField("temperature") else None,
+        top_p=s.top_p if s.HasField("top_p") else None,
+        seed=s.seed if s.HasField("seed") else None,
+        stop=tuple(s.stop),
+        deadline=deadline,
+    )
+
+
+def response(out: EngineOutput, tokens: list[str] | None = None) -> pb.GenerateResponse:
+    msg = pb.GenerateResponse(
+        tokens=out.tokens if tokens is None else tokens,
+        prompt_tokens=out.prompt_tokens,
+        completion_tokens=out.completion_tokens,
+    )
+    if out.finish_reason is not None:
+        msg.finish_reason = FINISH_TO_PB[out.finish_reason]
+        msg.timing.queue_seconds = out.queue_s
+        msg.timing.ttft_seconds = out.ttft_s
+        msg.timing.e2e_seconds = out.e2e_s
+    return msg
+
+
+def model_info(spec: ModelSpec) -> pb.ModelInfo:
+    return pb.ModelInfo(
+        name=spec.name,
+        max_model_len=spec.max_model_len,
+        max_output_tokens=spec.max_output_tokens,
+        engine=spec.engine,
+        ready_replicas=1,
+        total_replicas=1,
+    )

@@ -1,0 +1,348 @@
+"""The simulator engine: vLLM-shaped behaviour without a GPU.
+
+Each model has a scheduler loop doing continuous batching: up to `max_num_seqs` sequences run, the
+rest wait in a FIFO queue; a scheduled request produces its first token after `ttft_s` plus a prefill
+time that grows with its prompt, then one token every `itl_s`. Tokens are a deterministic function of
+(model, prompt, seed). Consumers are woken once per step and take every token ready since their last
+read, so a slow reader gets several tokens per message instead of a backlog of messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+
+from aftershock import errors
+from aftershock.clock import SYSTEM_CLOCK, Clock
+from aftershock.inference.engine import (
+    EngineOutput,
+    EngineRequest,
+    EngineStats,
+    FinishReason,
+    ModelSpec,
+    render_chat,
+)
+from aftershock.inference.sim_config import SimModelConfig
+from aftershock.inference.sim_tokens import TokenStream, count_prompt_tokens
+from aftershock.metrics import EngineMetrics
+
+log = logging.getLogger(__name__)
+
+
+class _Sequence:
+    """One request inside the simulator."""
+
+    __slots__ = (
+        "arrival",
+        "buffer",
+        "completion_tokens",
+        "deadline_hit",
+        "event",
+        "finish",
+        "first_token_at",
+        "last_token_at",
+        "max_tokens",
+        "next_token_at",
+        "prompt_tokens",
+        "request",
+        "scheduled_at",
+        "stop",
+        "tail",
+        "tokens",
+    )
+
+    def __init__(self, request: EngineRequest, prompt: str, seed: int, arrival: float, extra_ttft: float) -> None:
+        self.request = request
+        self.tokens = TokenStream(request.model, prompt, seed)
+        self.prompt_tokens = count_prompt_tokens(prompt)
+        self.max_tokens = request.max_tokens
+        self.stop = request.stop
+        self.arrival = arrival
+        self.scheduled_at = 0.0
+        self.next_token_at = extra_ttft  # made absolute at scheduling time
+        self.first_token_at = 0.0
+        self.last_token_at = 0.0
+        self.completion_tokens = 0
+        self.buffer: list[str] = []
+        self.tail = ""
+        self.finish: FinishReason | None = None
+        self.deadline_hit = False
+        self.event = asyncio.Event()
+
+
+class _ModelScheduler:
+    def __init__(self, cfg: SimModelConfig, clock: Clock, metrics: EngineMetrics, stats: EngineStats) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        self.stats = stats
+        self.waiting: deque[_Sequence] = deque()
+        self.running: list[_Sequence] = []
+        self.wake = asyncio.Event()
+        m = cfg.name
+        self.g_running = metrics.num_requests_running.labels(m)
+        self.g_waiting = metrics.num_requests_waiting.labels(m)
+        self.g_kv = metrics.kv_cache_usage_perc.labels(m)
+        self.h_ttft = metrics.time_to_first_token_seconds.labels(m)
+        self.h_itl = metrics.inter_token_latency_seconds.labels(m)
+        self.h_e2e = metrics.e2e_request_latency_seconds.labels(m)
+        self.h_queue = metrics.request_queue_time_seconds.labels(m)
+        self.c_prompt = metrics.prompt_tokens_total.labels(m)
+        self.c_gen = metrics.generation_tokens_total.labels(m)
+        self.c_finished = {r: metrics.request_success_total.labels(m, r) for r in ("stop", "length", "abort")}
+
+    def submit(self, seq: _Sequence) -> None:
+        if len(self.waiting) >= self.cfg.max_waiting:
+            raise errors.ResourceExhausted(
+                f"Model '{self.cfg.name}' is overloaded: {len(self.waiting)} requests waiting.",
+                error_type="engine_overloaded",
+                retry_after_s=1.0,
+            )
+        self.waiting.append(seq)
+        self.g_waiting.set(len(self.waiting))
+        self.wake.set()
+
+    def abort(self, seq: _Sequence) -> None:
+        """The consumer went away (client gone, deadline, shutdown): stop working on it."""
+        if seq.finish is not None:
+            return
+        if seq in self.running:
+            self.running.remove(seq)
+        else:
+            try:
+                self.waiting.remove(seq)
+            except ValueError:
+                pass
+        self._finish(seq, "abort", self.clock.now())
+        self._update_gauges()
+
+    def _finish(self, seq: _Sequence, reason: FinishReason, now: float) -> None:
+        seq.finish = reason
+        seq.event.set()
+        self.c_finished[reason].inc()
+        self.stats.finished += 1
+        if reason == "abort":
+            self.stats.aborted += 1
+        else:
+            self.h_e2e.observe(now - seq.arrival)
+
+    def _update_gauges(self) -> None:
+        self.g_running.set(len(self.running))
+        self.g_waiting.set(len(self.waiting))
+        used = sum(s.prompt_tokens + s.completion_tokens for s in self.running)
+        self.g_kv.set(min(1.0, used / self.cfg.kv_cache_tokens))
+
+    def _admit(self, now: float) -> None:
+        cfg = self.cfg
+        while self.waiting and len(self.running) < cfg.max_num_seqs:
+            seq = self.waiting.popleft()
+            seq.scheduled_at = now
+            seq.next_token_at = now + cfg.ttft_s + cfg.prefill_s_per_token * seq.prompt_tokens + seq.next_token_at
+            self.h_queue.observe(now - seq.arrival)
+            self.c_prompt.inc(seq.prompt_tokens)
+            self.running.append(seq)
+
+    def _emit(self, seq: _Sequence, now: float) -> None:
+        token = seq.tokens.next()
+        seq.completion_tokens += 1
+        if seq.completion_tokens == 1:
+            seq.first_token_at = now
+            self.h_ttft.observe(now - seq.arrival)
+        else:
+            self.h_itl.observe(now - seq.last_token_at)
+        seq.last_token_at = now
+        reason: FinishReason | None = None
+        if seq.stop:
+            token, hit = _cut_at_stop(seq.tail, token, seq.stop)
+            if hit:
+                reason = "stop"
+            else:
+                seq.tail = (seq.tail + token)[-64:]
+        if token:
+            seq.buffer.append(token)
+        if reason is None and seq.completion_tokens >= seq.max_tokens:
+            reason = "length"
+        if reason is not None:
+            self._finish(seq, reason, now)
+        else:
+            seq.next_token_at = now + self.cfg.itl_s
+            seq.event.set()
+
+    async def run(self) -> None:
+        clock = self.clock
+        while True:
+            if not self.running and not self.waiting:
+                self.wake.clear()
+                await self.wake.wait()
+            now = clock.now()
+            self._admit(now)
+            next_at = float("inf")
+            emitted = 0
+            done = False
+            for seq in self.running:
+                deadline = seq.request.deadline
+                if deadline is not None and now >= deadline:
+                    seq.deadline_hit = True
+                    self._finish(seq, "abort", now)
+                    done = True
+                    continue
+                if now >= seq.next_token_at:
+                    self._emit(seq, now)
+                    emitted += 1
+                    if seq.finish is not None:
+                        done = True
+                        continue
+                if seq.next_token_at < next_at:
+                    next_at = seq.next_token_at
+                if deadline is not None and deadline < next_at:
+                    next_at = deadline
+            if done:
+                self.running = [s for s in self.running if s.finish is None]
+            if emitted:
+                self.c_gen.inc(emitted)
+                self.stats.generated_tokens += emitted
+            self._update_gauges()
+            delay = next_at - clock.now()
+            if delay > 0 and next_at != float("inf"):
+                await clock.sleep(delay)
+            else:
+                # Zero simulated latency: one decode step per event-loop turn, so readers keep up.
+                await asyncio.sleep(0)
+
+
+def _cut_at_stop(tail: str, token: str, stops: tuple[str, ...]) -> tuple[str, bool]:
+    """Trim `token` where a stop string begins; True when one was found (stop text is not emitted)."""
+    combined = tail + token
+    best = -1
+    for s in stops:
+        idx = combined.find(s)
+        if idx >= 0 and (best < 0 or idx < best):
+            best = idx
+    if best < 0:
+        return token, False
+    return token[: max(0, best - len(tail))], True
+
+
+class SimEngine:
+    kind = "sim"
+
+    def __init__(
+        self,
+        models: Sequence[SimModelConfig],
+        metrics: EngineMetrics,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        fault_seed: int | None = None,
+    ) -> None:
+        if not models:
+            raise ValueError("the simulator needs at least one model")
+        self.stats = EngineStats()
+        self._clock = clock
+        self._metrics = metrics
+        self._configs = {m.name: m for m in models}
+        self._schedulers = {m.name: _ModelScheduler(m, clock, metrics, self.stats) for m in models}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._faults = random.Random(fault_seed)
+
+    async def start(self) -> None:
+        for name, sched in self._schedulers.items():
+            self._tasks.append(asyncio.create_task(sched.run(), name=f"sim-scheduler-{name}"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    def models(self) -> Sequence[ModelSpec]:
+        return [ModelSpec(c.name, c.max_model_len, c.max_output_tokens, self.kind) for c in self._configs.values()]
+
+    def _inject_fault(self, cfg: SimModelConfig) -> float:
+        """Maybe raise an injected status-level fault; returns extra time to first token (slow start)."""
+        if not (cfg.fault_overloaded_rate or cfg.fault_error_rate or cfg.fault_slow_start_rate):
+            return 0.0
+        roll = self._faults.random()
+        if roll < cfg.fault_overloaded_rate:
+            self._metrics.faults_injected_total.labels(cfg.name, "overloaded").inc()
+            raise errors.ResourceExhausted(
+                "Engine overloaded (injected fault).", error_type="engine_overloaded", retry_after_s=1.0
+            )
+        roll -= cfg.fault_overloaded_rate
+        if roll < cfg.fault_error_rate:
+            self._metrics.faults_injected_total.labels(cfg.name, "error").inc()
+            raise errors.Internal("Engine failed (injected fault).")
+        roll -= cfg.fault_error_rate
+        if roll < cfg.fault_slow_start_rate:
+            self._metrics.faults_injected_total.labels(cfg.name, "slow_start").inc()
+            return cfg.fault_slow_start_s
+        return 0.0
+
+    def _validate(self, request: EngineRequest) -> tuple[SimModelConfig, str, int]:
+        """Check the request against the model; returns its config, prompt and max_tokens."""
+        cfg = self._configs.get(request.model)
+        if cfg is None:
+            raise errors.ModelNotFound(request.model)
+        if request.max_tokens < 0:
+            raise errors.InvalidArgument("max_tokens must be at least 1.", param="max_tokens")
+        if request.max_tokens > cfg.max_output_tokens:
+            raise errors.InvalidArgument(
+                f"max_tokens is {request.max_tokens}, above this model's limit of {cfg.max_output_tokens}.",
+                param="max_tokens",
+            )
+        if request.messages is not None:
+            prompt = render_chat(request.messages)
+        elif request.prompt is not None:
+            prompt = request.prompt
+        else:
+            raise errors.InvalidArgument("A prompt or chat messages are required.", param="prompt")
+        prompt_tokens = count_prompt_tokens(prompt)
+        max_tokens = request.max_tokens or min(cfg.default_max_tokens, max(1, cfg.max_model_len - prompt_tokens))
+        total = prompt_tokens + max_tokens
+        if total > cfg.max_model_len:
+            raise errors.InvalidArgument(
+                f"This model's maximum context length is {cfg.max_model_len} tokens; the request needs {total} "
+                "(prompt plus max_tokens).",
+                param="max_tokens",
+            )
+        return cfg, prompt, max_tokens
+
+    def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+        cfg, prompt, max_tokens = self._validate(request)
+        extra_ttft = self._inject_fault(cfg)
+        if request.seed is not None:
+            seed = request.seed
+        elif request.temperature == 0.0:
+            seed = 0  # greedy decoding does not depend on a seed
+        else:
+            seed = secrets.randbits(63)
+        seq = _Sequence(request, prompt, seed, self._clock.now(), extra_ttft)
+        seq.max_tokens = max_tokens
+        sched = self._schedulers[cfg.name]
+        sched.submit(seq)
+        self.stats.started += 1
+        return self._stream(sched, seq)
+
+    async def _stream(self, sched: _ModelScheduler, seq: _Sequence) -> AsyncIterator[EngineOutput]:
+        try:
+            while True:
+                await seq.event.wait()
+                seq.event.clear()
+                tokens, seq.buffer = seq.buffer, []
+                if seq.deadline_hit:
+                    raise errors.DeadlineExceeded("The request's deadline passed during generation.")
+                if seq.finish == "abort":
+                    raise errors.Cancelled("The request was aborted.")
+                out = EngineOutput(tokens, seq.prompt_tokens, seq.completion_tokens, seq.finish)
+                if seq.finish is not None:
+                    out.queue_s = seq.scheduled_at - seq.arrival
+                    out.ttft_s = seq.first_token_at - seq.arrival
+                    out.e2e_s = seq.last_token_at - seq.arrival
+                    yield out
+                    return
+                yield out
+        finally:
+            if seq.finish is None:
+                sched.abort(seq)

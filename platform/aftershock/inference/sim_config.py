@@ -1,0 +1,39 @@
+"""Per-model settings of the simulator engine."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SimModelConfig(BaseModel):
+    """One simulated model. Latencies are seconds; zero means "as fast as the event loop allows"."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    max_model_len: int = Field(8192, gt=0)
+    max_output_tokens: int = Field(4096, gt=0)
+    # Used when a request gives no max_tokens (capped by what is left of the context).
+    default_max_tokens: int = Field(256, gt=0)
+    # Continuous batching: at most this many sequences decode together; the rest wait.
+    max_num_seqs: int = Field(256, gt=0)
+    # Waiting-queue bound; beyond it the engine answers RESOURCE_EXHAUSTED like an overloaded server.
+    max_waiting: int = Field(4096, ge=0)
+    ttft_s: float = Field(0.0, ge=0)
+    prefill_s_per_token: float = Field(0.0, ge=0)
+    itl_s: float = Field(0.0, ge=0)
+    # KV cache capacity in tokens, for vllm:kv_cache_usage_perc.
+    kv_cache_tokens: int = Field(262_144, gt=0)
+    # Status-level fault injection, complementing the fault proxy's TCP-level faults.
+    fault_overloaded_rate: float = Field(0.0, ge=0, le=1)
+    fault_error_rate: float = Field(0.0, ge=0, le=1)
+    fault_slow_start_rate: float = Field(0.0, ge=0, le=1)
+    fault_slow_start_s: float = Field(1.0, ge=0)
+
+
+DEFAULT_SIM_MODELS: tuple[SimModelConfig, ...] = (
+    SimModelConfig(name="sim-small", ttft_s=0.03, prefill_s_per_token=0.0001, itl_s=0.01, max_model_len=8192),
+    SimModelConfig(
+        name="sim-large", ttft_s=0.12, prefill_s_per_token=0.0004, itl_s=0.03, max_model_len=32768, max_num_seqs=64
+    ),
+)

@@ -1,0 +1,1 @@
+"""gRPC plumbing shared by the backend and inference services."""

@@ -1,0 +1,25 @@
+"""Client-side gRPC helpers: channels with the options every hop uses."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+
+CHANNEL_OPTIONS: tuple[tuple[str, int | str], ...] = (
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    # Reconnect quickly after a replica restarts; routing skips it while it is down.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
+    ("grpc.enable_retries", 0),
+)
+
+
+def insecure_channel(
+    target: str, interceptors: Sequence[grpc.aio.ClientInterceptor] = ()
+) -> grpc.aio.Channel:
+    # Our own retry policy lives in the backend; gRPC's transparent retries are switched off above.
+    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS, interceptors=list(interceptors) or None)

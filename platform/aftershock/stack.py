@@ -1,0 +1,162 @@
+"""A whole local stack as real processes: N inference replicas, a backend and an edge.
+
+Used by `aftershock up`, the end-to-end tests and the benchmarks, so all three run the same thing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import httpx
+import yaml
+
+from aftershock.ports import free_port
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    replicas: int = 2
+    edge_port: int = 0
+    host: str = "127.0.0.1"
+    models_file: Path | None = None
+    # Extra environment per service: {"inference": {...}, "backend": {...}, "edge": {...}}.
+    env: dict[str, dict[str, str]] = field(default_factory=dict)
+    # Where service logs go; None inherits this process's stderr.
+    log_dir: Path | None = None
+    shutdown_grace_s: float = 10.0
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    port: int
+    metrics_port: int
+    log: IO[bytes] | None = None
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+
+class Stack:
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self.inference: list[Proc] = []
+        self.backend: Proc | None = None
+        self.edge: Proc | None = None
+        self._tmp = tempfile.TemporaryDirectory(prefix="aftershock-stack-")
+        self.registry_file = Path(self._tmp.name) / "registry.yaml"
+
+    # -- addresses ----------------------------------------------------------------------------
+
+    @property
+    def edge_url(self) -> str:
+        assert self.edge is not None
+        return f"http://{self.config.host}:{self.edge.port}"
+
+    @property
+    def backend_target(self) -> str:
+        assert self.backend is not None
+        return f"{self.config.host}:{self.backend.port}"
+
+    def procs(self) -> list[Proc]:
+        return [*self.inference, *([self.backend] if self.backend else []), *([self.edge] if self.edge else [])]
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def _spawn(self, name: str, service: str, args: list[str], port: int, metrics_port: int) -> Proc:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.config.env.get(service, {})}
+        log: IO[bytes] | None = None
+        if self.config.log_dir is not None:
+            self.config.log_dir.mkdir(parents=True, exist_ok=True)
+            log = open(self.config.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
+        cmd = [sys.executable, "-m", "aftershock", service, "--host", self.config.host, "--port", str(port),
+               "--metrics-port", str(metrics_port), *args]
+        popen = subprocess.Popen(cmd, env=env, stdout=log, stderr=log, start_new_session=True)
+        return Proc(name, popen, port, metrics_port, log)
+
+    def start_inference(self, index: int, port: int | None = None) -> Proc:
+        name = f"inference-{index}"
+        args = ["--replica-name", name]
+        if self.config.models_file is not None:
+            args += ["--models-file", str(self.config.models_file)]
+        proc = self._spawn(name, "inference", args, port or free_port(), free_port())
+        if index < len(self.inference):
+            self.inference[index] = proc
+        else:
+            self.inference.append(proc)
+        return proc
+
+    def write_registry(self, models: list[str]) -> None:
+        replicas = [{"name": p.name, "address": f"{self.config.host}:{p.port}"} for p in self.inference]
+        routes = [{"name": m, "replicas": [p.name for p in self.inference]} for m in models]
+        self.registry_file.write_text(yaml.safe_dump({"replicas": replicas, "models": routes}))
+
+    def start(self, models: list[str] | None = None, ready_timeout_s: float = 60.0) -> None:
+        for i in range(self.config.replicas):
+            self.start_inference(i)
+        self.write_registry(models or self._model_names())
+        self.backend = self._spawn(
+            "backend", "backend", ["--registry-file", str(self.registry_file)], free_port(), free_port()
+        )
+        self.edge = self._spawn(
+            "edge", "edge", ["--backend", self.backend_target], self.config.edge_port or free_port(), free_port()
+        )
+        self.wait_ready(ready_timeout_s)
+
+    def _model_names(self) -> list[str]:
+        from aftershock.inference.settings import InferenceSettings
+
+        settings = InferenceSettings(models_file=self.config.models_file)
+        return [m.name for m in settings.resolved_sim_models()]
+
+    def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        last = "not started"
+        while time.monotonic() < deadline:
+            for proc in self.procs():
+                if not proc.alive():
+                    raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode} during start-up")
+            try:
+                resp = httpx.get(f"{self.edge_url}/readyz", timeout=1.0)
+                if resp.status_code == 200:
+                    return
+                last = resp.text
+            except httpx.HTTPError as exc:
+                last = repr(exc)
+            time.sleep(0.1)
+        raise TimeoutError(f"stack not ready after {timeout_s}s: {last}")
+
+    def kill(self, proc: Proc, sig: int = signal.SIGKILL) -> None:
+        if proc.alive():
+            proc.popen.send_signal(sig)
+
+    def stop(self) -> dict[str, int | None]:
+        """SIGTERM edge, then backend, then inference (the order requests flow); SIGKILL stragglers."""
+        codes: dict[str, int | None] = {}
+        for proc in reversed(self.procs()):
+            if proc.alive():
+                proc.popen.send_signal(signal.SIGTERM)
+            try:
+                codes[proc.name] = proc.popen.wait(self.config.shutdown_grace_s + 5)
+            except subprocess.TimeoutExpired:
+                proc.popen.kill()
+                codes[proc.name] = proc.popen.wait()
+            if proc.log is not None:
+                proc.log.close()
+        self._tmp.cleanup()
+        return codes
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

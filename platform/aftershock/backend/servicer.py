@@ -36,18 +36,27 @@ def is_deterministic(request: pb.GenerateRequest) -> bool:
     return s.HasField("seed") or (s.HasField("temperature") and s.temperature == 0.0)
 
 
-def skip_tokens(msg: pb.GenerateResponse, skip: int) -> tuple[pb.GenerateResponse | None, int]:
-    """Drop the first `skip` tokens of a resumed stream; returns what is left to send and to skip."""
-    n = len(msg.tokens)
-    if skip >= n:
-        if msg.finish_reason:
-            out = pb.GenerateResponse()
-            out.CopyFrom(msg)
-            del out.tokens[:]
-            return out, skip - n
-        return None, skip - n
-    del msg.tokens[:skip]
-    return msg, 0
+def skip_delivered(msg: pb.GenerateResponse, skip: int) -> tuple[pb.GenerateResponse | None, int]:
+    """Drop the first `skip` characters of a resumed stream's text.
+
+    A deterministic request regenerates the same text on any replica, though not necessarily in
+    the same pieces, so characters (not messages or pieces) are the unit that lines up. Returns the
+    message left to send (None when nothing is left and it is not the last) and what is left to skip.
+    """
+    pieces = list(msg.tokens)
+    kept: list[str] = []
+    for i, piece in enumerate(pieces):
+        if skip >= len(piece):
+            skip -= len(piece)
+            continue
+        kept = [piece[skip:], *pieces[i + 1 :]]
+        skip = 0
+        break
+    if not kept and not msg.finish_reason:
+        return None, skip
+    del msg.tokens[:]
+    msg.tokens.extend(kept)
+    return msg, skip
 
 
 class BackendServicer(backend_pb2_grpc.BackendServicer):
@@ -72,7 +81,8 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
         model = request.model
         replicas = self._router.replicas_of(model)  # NOT_FOUND for an unknown model
         tried: set[str] = set()
-        delivered = 0
+        delivered = 0  # characters relayed to the caller
+        counted = 0  # completion tokens counted in metrics
         deterministic = is_deterministic(request)
         out_tokens = self._metrics.output_tokens_total.labels("backend", model)
         while True:
@@ -87,13 +97,14 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
             try:
                 async for msg in call:
                     if skip:
-                        msg, skip = skip_tokens(msg, skip)  # type: ignore[assignment]
-                        if msg is None:
+                        kept, skip = skip_delivered(msg, skip)
+                        if kept is None:
                             continue
-                    n = len(msg.tokens)
-                    delivered += n
-                    if n:
-                        out_tokens.inc(n)
+                        msg = kept
+                    delivered += sum(len(t) for t in msg.tokens)
+                    if msg.completion_tokens > counted:
+                        out_tokens.inc(msg.completion_tokens - counted)
+                        counted = msg.completion_tokens
                     msg.replica = replica.name
                     yield msg
                 self._metrics.upstream_requests_total.labels(replica.name, "OK").inc()

@@ -63,8 +63,8 @@ class Serving:
         streaming = False
         try:
             body = await read_body(request, self._settings.max_body_bytes)
-            parsed: ChatCompletionRequest | CompletionRequest = parse_json_body(
-                body, ChatCompletionRequest if chat else CompletionRequest
+            parsed: ChatCompletionRequest | CompletionRequest = (
+                parse_json_body(body, ChatCompletionRequest) if chat else parse_json_body(body, CompletionRequest)
             )
             call.model = parsed.model if parsed.model in self._backend.known_models else UNKNOWN_MODEL
             call.stream = parsed.stream
@@ -114,7 +114,7 @@ class Serving:
                 "logprobs": None,
                 "finish_reason": finish,
             }
-            body = {"id": f"chatcmpl-{call.request_id}", "object": "chat.completion"}
+            body: dict[str, Any] = {"id": f"chatcmpl-{call.request_id}", "object": "chat.completion"}
         else:
             choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
             body = {"id": f"cmpl-{call.request_id}", "object": "text_completion"}
@@ -161,20 +161,20 @@ class Serving:
         itl = metrics.inter_token_latency_seconds.labels(call.model)
         code = "OK"
         last_at = 0.0
-        sent = 0
+        sent = 0  # completion tokens sent so far
         msg = first
         try:
             head = encoder.role() if encoder.chat else b""
             while True:
-                n = len(msg.tokens)
-                if n:
+                if msg.tokens:
                     now = time.perf_counter()
+                    n = max(1, msg.completion_tokens - sent)
                     if sent == 0:
                         metrics.time_to_first_token_seconds.labels(call.model).observe(now - call.started)
                     else:
                         itl.observe((now - last_at) / n)
                     last_at = now
-                    sent += n
+                    sent = msg.completion_tokens
                     yield head + encoder.delta("".join(msg.tokens))
                     head = b""
                 if msg.finish_reason:

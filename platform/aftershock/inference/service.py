@@ -21,18 +21,18 @@ SERVICE_NAME = "aftershock.v1.Inference"
 
 
 def build_engine(settings: InferenceSettings, registry: CollectorRegistry) -> Engine:
-    metrics = EngineMetrics(registry)
+    """The configured engine; engines other than sim are imported only when chosen."""
     if settings.engine == "sim":
         from aftershock.inference.sim import SimEngine
 
-        return SimEngine(settings.resolved_sim_models(), metrics, fault_seed=settings.fault_seed)
+        return SimEngine(settings.resolved_sim_models(), EngineMetrics(registry), fault_seed=settings.fault_seed)
     if settings.engine == "vllm":
         from aftershock.inference.vllm_engine import VllmEngine
 
-        return VllmEngine.from_settings(settings, metrics)
+        return VllmEngine.from_settings(settings, registry)
     from aftershock.inference.openai_engine import OpenAIEngine
 
-    return OpenAIEngine.from_settings(settings, metrics)
+    return OpenAIEngine.from_settings(settings, registry)
 
 
 class InferenceService:

@@ -225,8 +225,9 @@ class GenerateResponse(_message.Message):
     """Which replica produced this message (set by the backend)."""
     @_builtins.property
     def tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Token texts in this message, in order; one entry per generated token, so a relay
-        can skip an exact number of tokens when it resumes a stream elsewhere.
+        """Generated text in this message, in order: one entry per token where the engine can
+        split it (the simulator), else one entry per delta. A relay that resumes a stream on
+        another replica skips by characters already delivered.
         """
 
     @_builtins.property

@@ -1,0 +1,49 @@
+"""Fixtures shared by the whole suite: real service processes and a Prometheus text reader."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from aftershock.stack import Stack, StackConfig
+
+TESTS = Path(__file__).resolve().parent
+ARTIFACTS = Path(os.environ.get("AFTERSHOCK_TEST_ARTIFACTS", "/tmp/aftershock-test-artifacts"))
+
+
+def scrape(port: int, host: str = "127.0.0.1") -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """One /metrics scrape as {(sample name, sorted labels): value}."""
+    text = httpx.get(f"http://{host}:{port}/metrics", timeout=5).text
+    out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def metric(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels`."""
+    want = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))
+
+
+@pytest.fixture(scope="session")
+def e2e_models_file() -> Path:
+    return TESTS / "e2e" / "models.yaml"
+
+
+@pytest.fixture(scope="module")
+def stack(request: pytest.FixtureRequest, e2e_models_file: Path) -> Iterator[Stack]:
+    """Two inference replicas, a backend and an edge as real processes on loopback."""
+    log_dir = ARTIFACTS / request.module.__name__.rsplit(".", 1)[-1]
+    s = Stack(StackConfig(replicas=2, models_file=e2e_models_file, log_dir=log_dir, shutdown_grace_s=5))
+    try:
+        s.start(ready_timeout_s=60)
+        yield s
+    finally:
+        s.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Coroutine
 from typing import Any
 
@@ -11,6 +12,9 @@ from aftershock import logs
 
 def run(service: str, log_level: str, coro: Coroutine[Any, Any, None]) -> int:
     logs.configure(service, log_level)
+    if os.environ.get("AFTERSHOCK_EVENT_LOOP") == "asyncio":
+        asyncio.run(coro)
+        return 0
     try:
         import uvloop
     except ImportError:  # uvloop is not built for every platform; asyncio's loop still works

@@ -1,0 +1,166 @@
+"""What the edge → backend → inference path costs, measured against the inference service alone.
+
+    .venv/bin/python benchmarks/overhead.py [--rounds 3] [--quick] [--configs base,telemetry-off]
+
+Starts real processes on free ports (aftershock.stack), runs every scenario of BENCHMARKS.md for
+each configuration, interleaving configurations round by round, prints median [min-max] per
+figure and writes the raw numbers as JSON. CPU comes from /proc/<pid>/stat (all threads) over
+each measured window; warm-up is excluded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from load import GrpcTarget, HttpTarget, Run, closed_loop, open_loop, percentile  # noqa: E402
+from procstat import CpuWindow, rss_bytes  # noqa: E402
+
+from aftershock.stack import Stack, StackConfig  # noqa: E402
+
+Figures = dict[str, float]
+
+
+def _lat(run: Run, prefix: str) -> Figures:
+    ok = run.ok()
+    lat = [r.latency_s * 1000 for r in ok]
+    ttft = [r.ttft_s * 1000 for r in ok]
+    return {
+        f"{prefix}.p50_ms": percentile(lat, 50),
+        f"{prefix}.p95_ms": percentile(lat, 95),
+        f"{prefix}.p99_ms": percentile(lat, 99),
+        f"{prefix}.ttft_p50_ms": percentile(ttft, 50),
+        f"{prefix}.ttft_p99_ms": percentile(ttft, 99),
+        f"{prefix}.errors": float(len(run.results) - len(ok)),
+        f"{prefix}.rps": len(ok) / run.wall_s if run.wall_s else 0.0,
+        f"{prefix}.tokens_per_s": sum(r.tokens for r in ok) / run.wall_s if run.wall_s else 0.0,
+    }
+
+
+async def _scenarios(stack: Stack, scale: float, open_s: float) -> Figures:
+    assert stack.edge and stack.backend
+    inf = stack.inference[0]
+    pids = {"edge": stack.edge.popen.pid, "backend": stack.backend.popen.pid, "inference": inf.popen.pid}
+    direct = f"127.0.0.1:{inf.port}"
+    out: Figures = {}
+    n_req = int(2000 * scale)
+    n_streams = int(640 * scale)
+
+    async def measured(name: str, make: Callable[[], Any], concurrency: int, total: int) -> Run:
+        target = make()
+        try:
+            await closed_loop(target.send, concurrency, max(64, total // 10))  # warm-up
+            cpu = CpuWindow(pids)
+            cpu.start()
+            run = await closed_loop(target.send, concurrency, total)
+            spent = cpu.stop()
+        finally:
+            await target.close()
+        ok = run.ok()
+        tokens = sum(r.tokens for r in ok) or 1
+        messages = sum(r.messages for r in ok) or 1
+        for proc, seconds in spent.items():
+            out[f"{name}.cpu_ms_per_req.{proc}"] = seconds * 1000 / max(1, len(ok))
+            out[f"{name}.cpu_us_per_token.{proc}"] = seconds * 1e6 / tokens
+        out[f"{name}.tokens_per_message"] = tokens / messages
+        out.update(_lat(run, name))
+        return run
+
+    # 1 / 4. Non-stream, max_tokens=16, 32 closed-loop clients: direct versus the full path.
+    await measured("nonstream_direct", lambda: GrpcTarget(direct, "bench-zero", 16, False), 32, n_req)
+    await measured("nonstream_full", lambda: HttpTarget(stack.edge_url, "bench-zero", 16, False, 32), 32, n_req)
+    # 2. Streaming, 64 concurrent streams, max_tokens=64: saturated, then paced at 20 ms per token.
+    await measured("stream_direct", lambda: GrpcTarget(direct, "bench-zero", 64, True), 64, n_streams)
+    await measured("stream_full", lambda: HttpTarget(stack.edge_url, "bench-zero", 64, True, 64), 64, n_streams)
+    paced = max(64, n_streams // 2)
+    await measured("paced_full", lambda: HttpTarget(stack.edge_url, "bench-paced", 64, True, 64), 64, paced)
+    # 3. Open loop: Poisson arrivals at 50 req/s, non-stream latency and streamed TTFT.
+    for name, make in (
+        ("open_nonstream_direct", lambda: GrpcTarget(direct, "bench-zero", 16, False)),
+        ("open_nonstream_full", lambda: HttpTarget(stack.edge_url, "bench-zero", 16, False, 128)),
+        ("open_stream_direct", lambda: GrpcTarget(direct, "bench-zero", 16, True)),
+        ("open_stream_full", lambda: HttpTarget(stack.edge_url, "bench-zero", 16, True, 128)),
+    ):
+        target = make()
+        try:
+            await open_loop(target.send, 50, 2.0)  # warm-up
+            out.update(_lat(await open_loop(target.send, 50, open_s), name))
+        finally:
+            await target.close()
+    # 6. Peak RSS over the whole run (VmHWM: the high-water mark).
+    for proc, pid in pids.items():
+        out[f"peak_rss_mib.{proc}"] = rss_bytes(pid, "VmHWM") / 2**20
+    return out
+
+
+CONFIGS: dict[str, dict[str, dict[str, str]]] = {
+    # Everything the stack has today, as `aftershock up` runs it.
+    "base": {},
+}
+
+
+def _derive(f: Figures) -> Figures:
+    d: Figures = {}
+    for q in ("p50", "p95", "p99"):
+        d[f"added_latency_closed32.{q}_ms"] = f[f"nonstream_full.{q}_ms"] - f[f"nonstream_direct.{q}_ms"]
+        d[f"added_latency_open50.{q}_ms"] = f[f"open_nonstream_full.{q}_ms"] - f[f"open_nonstream_direct.{q}_ms"]
+    d["added_ttft_open50.p50_ms"] = f["open_stream_full.ttft_p50_ms"] - f["open_stream_direct.ttft_p50_ms"]
+    d["stream_tokens_per_s_ratio"] = f["stream_full.tokens_per_s"] / f["stream_direct.tokens_per_s"]
+    for scen in ("nonstream_full", "stream_full", "paced_full"):
+        unit = "cpu_ms_per_req" if scen == "nonstream_full" else "cpu_us_per_token"
+        d[f"{scen}.{unit}.edge+backend"] = f[f"{scen}.{unit}.edge"] + f[f"{scen}.{unit}.backend"]
+    return d
+
+
+def _fmt(values: list[float]) -> str:
+    med = statistics.median(values)
+    return f"{med:10.3f}  [{min(values):.3f} - {max(values):.3f}]"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="smaller runs and 5 s open loops (smoke test)")
+    parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma list of {sorted(CONFIGS)}")
+    parser.add_argument("--out", type=Path, default=Path("reports/bench"))
+    args = parser.parse_args()
+    names = [c for c in args.configs.split(",") if c]
+    scale, open_s = (0.25, 5.0) if args.quick else (1.0, 20.0)
+    raw: dict[str, list[Figures]] = {n: [] for n in names}
+    for rnd in range(args.rounds):
+        for name in names:  # interleave configurations round by round
+            config = StackConfig(
+                replicas=1, models_file=HERE / "models.yaml", env=CONFIGS[name],
+                log_dir=args.out / "logs" / f"{name}-{rnd}",
+            )
+            started = time.monotonic()
+            with Stack(config) as stack:
+                stack.start()
+                figures = asyncio.run(_scenarios(stack, scale, open_s))
+            figures.update(_derive(figures))
+            raw[name].append(figures)
+            print(f"round {rnd + 1}/{args.rounds} {name}: {time.monotonic() - started:.0f}s", file=sys.stderr)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"overhead-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps({"configs": names, "rounds": args.rounds, "quick": args.quick, "raw": raw}, indent=1))
+    keys = sorted(raw[names[0]][0])
+    for name in names:
+        print(f"\n== {name}: median [min - max] over {args.rounds} rounds")
+        for key in keys:
+            print(f"{key:48s} {_fmt([r[key] for r in raw[name]])}")
+    print(f"\nraw results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Aftershock's Grafana dashboards as code (grafana-foundation-sdk), rendered to ../../json/."""

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 import grpc
 import httpx
 import orjson
-
 from aftershock.v1 import generation_pb2 as pb
 from aftershock.v1 import inference_pb2_grpc
 
@@ -101,7 +100,10 @@ class GrpcTarget:
 
     async def send(self, i: int) -> Result:
         req = pb.GenerateRequest(
-            request_id=str(i), model=self.model, prompt="benchmark prompt", stream=self.stream,
+            request_id=str(i),
+            model=self.model,
+            prompt="benchmark prompt",
+            stream=self.stream,
             sampling=pb.SamplingParams(max_tokens=self.max_tokens, seed=i),
         )
         start = time.perf_counter()

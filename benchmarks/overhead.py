@@ -23,10 +23,9 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from aftershock.stack import Stack, StackConfig  # noqa: E402
 from load import GrpcTarget, HttpTarget, Run, closed_loop, open_loop, percentile  # noqa: E402
 from procstat import CpuWindow, rss_bytes  # noqa: E402
-
-from aftershock.stack import Stack, StackConfig  # noqa: E402
 
 Figures = dict[str, float]
 
@@ -78,10 +77,14 @@ async def _scenarios(stack: Stack, scale: float, open_s: float) -> Figures:
 
     # 1 / 4. Non-stream, max_tokens=16, 32 closed-loop clients: direct versus the full path.
     await measured("nonstream_direct", lambda: GrpcTarget(direct, "bench-zero", 16, False), 32, n_req)
-    await measured("nonstream_full", lambda: HttpTarget(stack.edge_url, "bench-zero", 16, False, 32), 32, n_req)
+    await measured(
+        "nonstream_full", lambda: HttpTarget(stack.edge_url, "bench-zero", 16, False, 32), 32, n_req
+    )
     # 2. Streaming, 64 concurrent streams, max_tokens=64: saturated, then paced at 20 ms per token.
     await measured("stream_direct", lambda: GrpcTarget(direct, "bench-zero", 64, True), 64, n_streams)
-    await measured("stream_full", lambda: HttpTarget(stack.edge_url, "bench-zero", 64, True, 64), 64, n_streams)
+    await measured(
+        "stream_full", lambda: HttpTarget(stack.edge_url, "bench-zero", 64, True, 64), 64, n_streams
+    )
     paced = max(64, n_streams // 2)
     await measured("paced_full", lambda: HttpTarget(stack.edge_url, "bench-paced", 64, True, 64), 64, paced)
     # 3. Open loop: Poisson arrivals at 50 req/s, non-stream latency and streamed TTFT.
@@ -103,17 +106,48 @@ async def _scenarios(stack: Stack, scale: float, open_s: float) -> Figures:
     return out
 
 
+def _all(env: dict[str, str]) -> dict[str, dict[str, str]]:
+    return {"inference": env, "backend": env, "edge": env}
+
+
+# Filled in main(): telemetry-on needs the discard receiver's port.
 CONFIGS: dict[str, dict[str, dict[str, str]]] = {
-    # Everything the stack has today, as `aftershock up` runs it.
-    "base": {},
+    # Spans created and exported over OTLP (to a receiver that discards them), metrics on.
+    "telemetry-on": {},
+    # The OpenTelemetry SDK disabled (no-op spans); Prometheus metrics stay on, as they always are.
+    "telemetry-off": _all({"OTEL_SDK_DISABLED": "true"}),
 }
+
+
+class _DiscardReceiver:
+    """An OTLP/gRPC endpoint that accepts and drops spans, so export cost is real but nothing piles up."""
+
+    def __init__(self) -> None:
+        from concurrent import futures
+
+        import grpc
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+        class Discard(trace_service_pb2_grpc.TraceServiceServicer):
+            def Export(self, request: Any, context: Any) -> Any:
+                return trace_service_pb2.ExportTraceServiceResponse()
+
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Discard(), self._server)
+        self.port = self._server.add_insecure_port("127.0.0.1:0")
+        self._server.start()
+
+    def stop(self) -> None:
+        self._server.stop(0)
 
 
 def _derive(f: Figures) -> Figures:
     d: Figures = {}
     for q in ("p50", "p95", "p99"):
         d[f"added_latency_closed32.{q}_ms"] = f[f"nonstream_full.{q}_ms"] - f[f"nonstream_direct.{q}_ms"]
-        d[f"added_latency_open50.{q}_ms"] = f[f"open_nonstream_full.{q}_ms"] - f[f"open_nonstream_direct.{q}_ms"]
+        d[f"added_latency_open50.{q}_ms"] = (
+            f[f"open_nonstream_full.{q}_ms"] - f[f"open_nonstream_direct.{q}_ms"]
+        )
     d["added_ttft_open50.p50_ms"] = f["open_stream_full.ttft_p50_ms"] - f["open_stream_direct.ttft_p50_ms"]
     d["stream_tokens_per_s_ratio"] = f["stream_full.tokens_per_s"] / f["stream_direct.tokens_per_s"]
     for scen in ("nonstream_full", "stream_full", "paced_full"):
@@ -128,19 +162,30 @@ def _fmt(values: list[float]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="smaller runs and 5 s open loops (smoke test)")
     parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma list of {sorted(CONFIGS)}")
     parser.add_argument("--out", type=Path, default=Path("reports/bench"))
     args = parser.parse_args()
     names = [c for c in args.configs.split(",") if c]
+    receiver = _DiscardReceiver()
+    CONFIGS["telemetry-on"] = _all(
+        {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}",
+            "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        }
+    )
     scale, open_s = (0.25, 5.0) if args.quick else (1.0, 20.0)
     raw: dict[str, list[Figures]] = {n: [] for n in names}
     for rnd in range(args.rounds):
         for name in names:  # interleave configurations round by round
             config = StackConfig(
-                replicas=1, models_file=HERE / "models.yaml", env=CONFIGS[name],
+                replicas=1,
+                models_file=HERE / "models.yaml",
+                env=CONFIGS[name],
                 log_dir=args.out / "logs" / f"{name}-{rnd}",
             )
             started = time.monotonic()
@@ -152,12 +197,22 @@ def main() -> int:
             print(f"round {rnd + 1}/{args.rounds} {name}: {time.monotonic() - started:.0f}s", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"overhead-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps({"configs": names, "rounds": args.rounds, "quick": args.quick, "raw": raw}, indent=1))
+    path.write_text(
+        json.dumps({"configs": names, "rounds": args.rounds, "quick": args.quick, "raw": raw}, indent=1)
+    )
     keys = sorted(raw[names[0]][0])
     for name in names:
         print(f"\n== {name}: median [min - max] over {args.rounds} rounds")
         for key in keys:
             print(f"{key:48s} {_fmt([r[key] for r in raw[name]])}")
+    if len(names) > 1:
+        print("\n== deltas: median of per-round differences")
+        base, other = names[0], names[1]
+        for key in keys:
+            diffs = [a[key] - b[key] for a, b in zip(raw[base], raw[other], strict=True)]
+            if "cpu" in key or "p50" in key or "p99" in key:
+                print(f"{base} - {other}  {key:40s} {_fmt(diffs)}")
+    receiver.stop()
     print(f"\nraw results: {path}")
     return 0
 

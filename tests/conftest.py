@@ -8,9 +8,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from aftershock.stack import Stack, StackConfig
 from prometheus_client.parser import text_string_to_metric_families
 
-from aftershock.stack import Stack, StackConfig
+from tests.servers import RedisServer, start_redis
 
 TESTS = Path(__file__).resolve().parent
 ARTIFACTS = Path(os.environ.get("AFTERSHOCK_TEST_ARTIFACTS", "/tmp/aftershock-test-artifacts"))
@@ -47,3 +48,20 @@ def stack(request: pytest.FixtureRequest, e2e_models_file: Path) -> Iterator[Sta
         yield s
     finally:
         s.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server for the whole session; tests that stop it must restart it."""
+    server = start_redis()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    if redis_server.proc is None or redis_server.proc.poll() is not None:
+        redis_server.start()
+    return redis_server.url

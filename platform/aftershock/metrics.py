@@ -242,7 +242,10 @@ class FaultProxyMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.proxy_enabled = Gauge(
-            "aftershock_faultproxy_proxy_enabled", "1 when the proxy passes traffic.", ["proxy"], registry=registry
+            "aftershock_faultproxy_proxy_enabled",
+            "1 when the proxy passes traffic.",
+            ["proxy"],
+            registry=registry,
         )
         self.toxics_active = Gauge(
             "aftershock_faultproxy_toxics_active",

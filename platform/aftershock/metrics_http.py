@@ -22,14 +22,14 @@ def render(registry: CollectorRegistry, accept: str) -> tuple[bytes, str]:
     classic Prometheus names, colons included, exactly as they are.
     """
     if "application/openmetrics-text" in accept:
-        body = openmetrics.generate_latest(registry, escaping=openmetrics.ALLOWUTF8)
+        body: bytes = openmetrics.generate_latest(registry, escaping=openmetrics.ALLOWUTF8)  # type: ignore[no-untyped-call]
         return body, openmetrics.CONTENT_TYPE_LATEST
     return generate_latest(registry), CONTENT_TYPE_PLAIN_0_0_4
 
 
 def _handler(registry: CollectorRegistry) -> type[BaseHTTPRequestHandler]:
     class MetricsHandler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:
             if self.path.split("?", 1)[0] not in ("/metrics", "/"):
                 self.send_error(404)
                 return
@@ -40,7 +40,7 @@ def _handler(registry: CollectorRegistry) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - scrapes are not logged
+        def log_message(self, format: str, *args: object) -> None:
             return
 
     return MetricsHandler

@@ -7,11 +7,13 @@ import os
 from collections.abc import Coroutine
 from typing import Any
 
-from aftershock import logs
+from aftershock import logs, sentry, tracing
 
 
 def run(service: str, log_level: str, coro: Coroutine[Any, Any, None]) -> int:
     logs.configure(service, log_level)
+    tracing.configure_tracing(service)
+    sentry.configure(service)
     if os.environ.get("AFTERSHOCK_EVENT_LOOP") == "asyncio":
         asyncio.run(coro)
         return 0

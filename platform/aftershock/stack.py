@@ -68,7 +68,11 @@ class Stack:
         return f"{self.config.host}:{self.backend.port}"
 
     def procs(self) -> list[Proc]:
-        return [*self.inference, *([self.backend] if self.backend else []), *([self.edge] if self.edge else [])]
+        return [
+            *self.inference,
+            *([self.backend] if self.backend else []),
+            *([self.edge] if self.edge else []),
+        ]
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -77,9 +81,20 @@ class Stack:
         log: IO[bytes] | None = None
         if self.config.log_dir is not None:
             self.config.log_dir.mkdir(parents=True, exist_ok=True)
-            log = open(self.config.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
-        cmd = [sys.executable, "-m", "aftershock", service, "--host", self.config.host, "--port", str(port),
-               "--metrics-port", str(metrics_port), *args]
+            log = open(self.config.log_dir / f"{name}.log", "ab")
+        cmd = [
+            sys.executable,
+            "-m",
+            "aftershock",
+            service,
+            "--host",
+            self.config.host,
+            "--port",
+            str(port),
+            "--metrics-port",
+            str(metrics_port),
+            *args,
+        ]
         popen = subprocess.Popen(cmd, env=env, stdout=log, stderr=log, start_new_session=True)
         return Proc(name, popen, port, metrics_port, log)
 
@@ -108,7 +123,11 @@ class Stack:
             "backend", "backend", ["--registry-file", str(self.registry_file)], free_port(), free_port()
         )
         self.edge = self._spawn(
-            "edge", "edge", ["--backend", self.backend_target], self.config.edge_port or free_port(), free_port()
+            "edge",
+            "edge",
+            ["--backend", self.backend_target],
+            self.config.edge_port or free_port(),
+            free_port(),
         )
         self.wait_ready(ready_timeout_s)
 

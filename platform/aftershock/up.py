@@ -34,7 +34,9 @@ def run_stack(options: StackOptions) -> int:
 
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
-    stack = Stack(StackConfig(replicas=options.replicas, edge_port=options.edge_port, models_file=options.models_file))
+    stack = Stack(
+        StackConfig(replicas=options.replicas, edge_port=options.edge_port, models_file=options.models_file)
+    )
     try:
         stack.start(ready_timeout_s=options.ready_timeout_s)
     except (RuntimeError, TimeoutError) as exc:
@@ -53,7 +55,10 @@ def run_stack(options: StackOptions) -> int:
         time.sleep(0.2)
         dead = [p for p in stack.procs() if not p.alive()]
         if dead:
-            print(f"aftershock up: {dead[0].name} exited with {dead[0].popen.returncode}; stopping", file=sys.stderr)
+            print(
+                f"aftershock up: {dead[0].name} exited with {dead[0].popen.returncode}; stopping",
+                file=sys.stderr,
+            )
             code = 1
             break
     codes = stack.stop()

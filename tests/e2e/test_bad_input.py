@@ -7,7 +7,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from aftershock.stack import Stack
 
 pytestmark = pytest.mark.e2e
@@ -33,7 +32,12 @@ def _error(resp: httpx.Response, status: int) -> dict[str, Any]:
 
 
 def test_malformed_json(http: httpx.Client) -> None:
-    error = _error(http.post(CHAT, content=b'{"model": "sim-fast", "messages": [', headers={"content-type": "application/json"}), 400)
+    error = _error(
+        http.post(
+            CHAT, content=b'{"model": "sim-fast", "messages": [', headers={"content-type": "application/json"}
+        ),
+        400,
+    )
     assert "not valid JSON" in error["message"]
     assert error["type"] == "invalid_request_error"
 
@@ -101,7 +105,9 @@ def test_unknown_endpoint(http: httpx.Client) -> None:
 
 
 def test_non_utf8_body(http: httpx.Client) -> None:
-    error = _error(http.post(CHAT, content=b'{"model": "\xff\xfe"}', headers={"content-type": "application/json"}), 400)
+    error = _error(
+        http.post(CHAT, content=b'{"model": "\xff\xfe"}', headers={"content-type": "application/json"}), 400
+    )
     assert "UTF-8" in error["message"]
 
 

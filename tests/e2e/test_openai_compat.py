@@ -7,7 +7,6 @@ import subprocess
 
 import openai
 import pytest
-
 from aftershock.inference.engine import ChatTurn, render_chat
 from aftershock.inference.sim_tokens import count_prompt_tokens, expected_text
 from aftershock.stack import Stack
@@ -66,7 +65,9 @@ def test_text_completion_and_stop(client: openai.OpenAI) -> None:
     words = full.split(" ")
     stop = " " + words[5]
     cut = full[: full.index(stop)]
-    resp = client.completions.create(model="sim-fast", prompt="Once upon a time", max_tokens=30, seed=3, stop=[stop])
+    resp = client.completions.create(
+        model="sim-fast", prompt="Once upon a time", max_tokens=30, seed=3, stop=[stop]
+    )
     assert resp.choices[0].text == cut
     assert resp.choices[0].finish_reason == "stop"
 
@@ -93,10 +94,24 @@ def test_sdk_raises_typed_errors(client: openai.OpenAI) -> None:
 
 def test_curl_shows_the_sse_stream(stack: Stack) -> None:
     assert shutil.which("curl"), "curl is installed by scripts/setup.sh"
-    body = '{"model":"sim-fast","stream":true,"max_tokens":5,"seed":1,"messages":[{"role":"user","content":"hi"}]}'
+    body = (
+        '{"model":"sim-fast","stream":true,"max_tokens":5,"seed":1,'
+        '"messages":[{"role":"user","content":"hi"}]}'
+    )
     out = subprocess.run(
-        ["curl", "-sN", f"{stack.edge_url}/v1/chat/completions", "-H", "content-type: application/json", "-d", body],
-        capture_output=True, text=True, timeout=30, check=True,
+        [
+            "curl",
+            "-sN",
+            f"{stack.edge_url}/v1/chat/completions",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            body,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     ).stdout
     events = [line for line in out.split("\n\n") if line.strip()]
     assert all(e.startswith("data: ") for e in events)

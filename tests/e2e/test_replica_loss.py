@@ -7,8 +7,8 @@ import time
 
 import httpx
 import pytest
-
 from aftershock.stack import Stack
+
 from tests.conftest import metric, scrape
 
 pytestmark = pytest.mark.e2e
@@ -32,7 +32,10 @@ def test_replica_killed_while_idle_is_routed_around(stack: Stack) -> None:
                 break
             time.sleep(0.1)
         assert metric(samples, "aftershock_replica_healthy", replica=victim.name, model="sim-fast") == 0
-        assert metric(samples, "aftershock_replica_healthy", replica=stack.inference[1].name, model="sim-fast") == 1
+        assert (
+            metric(samples, "aftershock_replica_healthy", replica=stack.inference[1].name, model="sim-fast")
+            == 1
+        )
         # One replica per model is still reachable, so the edge stays ready.
         assert client.get("/readyz").status_code == 200
         time.sleep(2.1)  # /v1/models is cached for models_cache_s (2 s)
@@ -45,7 +48,9 @@ def test_all_replicas_gone_is_503_and_not_ready(stack: Stack) -> None:
         stack.kill(proc, signal.SIGKILL)
         proc.popen.wait(5)
     with httpx.Client(base_url=stack.edge_url, timeout=10) as client:
-        resp = client.post("/v1/completions", json={"model": "sim-fast", "prompt": "anyone?", "max_tokens": 3})
+        resp = client.post(
+            "/v1/completions", json={"model": "sim-fast", "prompt": "anyone?", "max_tokens": 3}
+        )
         assert resp.status_code == 503
         assert resp.headers["retry-after"]
         assert resp.json()["error"]["type"] == "server_error"

@@ -7,10 +7,10 @@ import time
 
 import httpx
 import pytest
-
 from aftershock.inference.engine import ChatTurn, render_chat
 from aftershock.inference.sim_tokens import expected_text
 from aftershock.stack import Stack
+
 from tests.conftest import metric, scrape
 from tests.e2e.sse_client import content_of, events
 
@@ -21,7 +21,9 @@ def _engine_totals(stack: Stack, name: str, **labels: str) -> float:
     return sum(metric(scrape(p.metrics_port), name, **labels) for p in stack.inference)
 
 
-async def _stream_text(client: httpx.AsyncClient, url: str, seed: int, max_tokens: int) -> tuple[str, list[str]]:
+async def _stream_text(
+    client: httpx.AsyncClient, url: str, seed: int, max_tokens: int
+) -> tuple[str, list[str]]:
     body = {
         "model": "sim-fast",
         "messages": [{"role": "user", "content": f"stream number {seed}"}],
@@ -65,7 +67,9 @@ async def _wait_for(predicate: object, timeout: float = 5.0) -> None:
 
 
 async def test_client_disconnect_aborts_generation_in_the_engine(stack: Stack) -> None:
-    aborted_before = _engine_totals(stack, "vllm:request_success_total", model_name="sim-slow", finished_reason="abort")
+    aborted_before = _engine_totals(
+        stack, "vllm:request_success_total", model_name="sim-slow", finished_reason="abort"
+    )
     body = {"model": "sim-slow", "prompt": "a long story", "max_tokens": 2000, "stream": True, "seed": 5}
     async with httpx.AsyncClient(timeout=30) as client:
         async with client.stream("POST", f"{stack.edge_url}/v1/completions", json=body) as resp:
@@ -77,8 +81,12 @@ async def test_client_disconnect_aborts_generation_in_the_engine(stack: Stack) -
                 if seen == 3:
                     break  # leaving the block closes the connection mid-stream
     await _wait_for(
-        lambda: _engine_totals(stack, "vllm:request_success_total", model_name="sim-slow", finished_reason="abort")
-        == aborted_before + 1
+        lambda: (
+            _engine_totals(
+                stack, "vllm:request_success_total", model_name="sim-slow", finished_reason="abort"
+            )
+            == aborted_before + 1
+        )
     )
     assert _engine_totals(stack, "vllm:num_requests_running", model_name="sim-slow") == 0
     generated = _engine_totals(stack, "vllm:generation_tokens_total", model_name="sim-slow")
@@ -88,7 +96,9 @@ async def test_client_disconnect_aborts_generation_in_the_engine(stack: Stack) -
 
 
 async def test_timeout_shorter_than_generation_gets_504_and_engine_stops(stack: Stack) -> None:
-    aborted_before = _engine_totals(stack, "vllm:request_success_total", model_name="sim-slow", finished_reason="abort")
+    aborted_before = _engine_totals(
+        stack, "vllm:request_success_total", model_name="sim-slow", finished_reason="abort"
+    )
     body = {"model": "sim-slow", "prompt": "take your time", "max_tokens": 500}
     async with httpx.AsyncClient(timeout=30) as client:
         started = time.monotonic()
@@ -101,8 +111,12 @@ async def test_timeout_shorter_than_generation_gets_504_and_engine_stops(stack: 
     assert error["code"] == "timeout" and error["type"] == "server_error"
     assert elapsed < 3.0
     await _wait_for(
-        lambda: _engine_totals(stack, "vllm:request_success_total", model_name="sim-slow", finished_reason="abort")
-        == aborted_before + 1
+        lambda: (
+            _engine_totals(
+                stack, "vllm:request_success_total", model_name="sim-slow", finished_reason="abort"
+            )
+            == aborted_before + 1
+        )
     )
     generated = _engine_totals(stack, "vllm:generation_tokens_total", model_name="sim-slow")
     await asyncio.sleep(0.3)

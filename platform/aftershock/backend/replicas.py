@@ -45,7 +45,9 @@ class Replica:
 class ReplicaPool:
     """Keeps one Replica per configured address and its health up to date."""
 
-    def __init__(self, metrics: BackendMetrics, *, retry_min_s: float = 0.2, retry_max_s: float = 2.0) -> None:
+    def __init__(
+        self, metrics: BackendMetrics, *, retry_min_s: float = 0.2, retry_max_s: float = 2.0
+    ) -> None:
         self._metrics = metrics
         self._retry_min_s = retry_min_s
         self._retry_max_s = retry_max_s
@@ -108,7 +110,8 @@ class ReplicaPool:
             except grpc.aio.AioRpcError as exc:
                 if replica.healthy:
                     log.warning(
-                        "replica health stream broke", extra={"replica": replica.name, "code": exc.code().name}
+                        "replica health stream broke",
+                        extra={"replica": replica.name, "code": exc.code().name},
                     )
             self._set_health(replica, False)
             await asyncio.sleep(backoff)

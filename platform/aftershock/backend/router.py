@@ -33,7 +33,9 @@ class Router:
         candidates = [r for r in healthy if r.name not in exclude] or healthy
         if not candidates:
             raise errors.Unavailable(
-                f"No healthy replica is serving model '{model}'.", error_type="no_healthy_replica", retry_after_s=1.0
+                f"No healthy replica is serving model '{model}'.",
+                error_type="no_healthy_replica",
+                retry_after_s=1.0,
             )
         low = min(r.in_flight for r in candidates)
         least = [r for r in candidates if r.in_flight == low]

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from opentelemetry import trace
 
 from aftershock import errors
 from aftershock.backend.registry import ModelRegistry
@@ -22,10 +23,14 @@ from aftershock.backend.router import Router
 from aftershock.context import request_id_var
 from aftershock.metrics import BackendMetrics
 from aftershock.rpc.status import RETRYABLE_CODES, error_from_rpc
+from aftershock.rpc.tracing import end_span, start_client_span
+from aftershock.tracing import GEN_AI_OPERATION, GEN_AI_REQUEST_MODEL
 from aftershock.v1 import backend_pb2_grpc
 from aftershock.v1 import generation_pb2 as pb
 
 log = logging.getLogger(__name__)
+
+INFERENCE_GENERATE = "/aftershock.v1.Inference/Generate"
 
 # Codes that say "this replica could not take the request", so another one may.
 _REROUTE_CODES = RETRYABLE_CODES
@@ -68,16 +73,27 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
         self._router = router
         self._metrics = metrics
 
-    async def Generate(  # noqa: N802 - gRPC method name
+    async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.GenerateResponse]:
         request_id_var.set(request.request_id)
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.set_attributes(
+                {
+                    GEN_AI_OPERATION: "chat" if request.WhichOneof("input") == "chat" else "text_completion",
+                    GEN_AI_REQUEST_MODEL: request.model,
+                    "aftershock.request_id": request.request_id,
+                }
+            )
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None
         async for msg in self.relay(request, deadline):
             yield msg
 
-    async def relay(self, request: pb.GenerateRequest, deadline: float | None) -> AsyncIterator[pb.GenerateResponse]:
+    async def relay(
+        self, request: pb.GenerateRequest, deadline: float | None
+    ) -> AsyncIterator[pb.GenerateResponse]:
         model = request.model
         replicas = self._router.replicas_of(model)  # NOT_FOUND for an unknown model
         tried: set[str] = set()
@@ -92,8 +108,11 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
             if timeout is not None and timeout <= 0:
                 raise errors.DeadlineExceeded("The request's deadline passed before it reached a replica.")
             skip = delivered
-            call = replica.stub.Generate(request, timeout=timeout)
+            span, metadata = start_client_span(INFERENCE_GENERATE, replica.address)
+            span.set_attribute("aftershock.replica", replica.name)
+            call = replica.stub.Generate(request, timeout=timeout, metadata=metadata)
             replica.in_flight += 1
+            code_name = "OK"
             try:
                 async for msg in call:
                     if skip:
@@ -111,6 +130,7 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
                 return
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
+                code_name = code.name
                 self._metrics.upstream_requests_total.labels(replica.name, code.name).inc()
                 if code == grpc.StatusCode.UNAVAILABLE:
                     replica.mark_unhealthy()
@@ -119,24 +139,39 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
                 if code in _REROUTE_CODES and resumable and others:
                     phase = "before_first_token" if delivered == 0 else "mid_stream"
                     self._metrics.failovers_total.labels(model, phase, "attempted").inc()
+                    trace.get_current_span().add_event(
+                        "failover",
+                        {
+                            "from_replica": replica.name,
+                            "code": code.name,
+                            "phase": phase,
+                            "delivered_chars": delivered,
+                        },
+                    )
                     log.warning(
                         "replica failed, trying another",
                         extra={"replica": replica.name, "code": code.name, "delivered": delivered},
                     )
                     continue
                 raise error_from_rpc(exc) from None
+            except BaseException:
+                code_name = "CANCELLED"
+                raise
             finally:
                 replica.in_flight -= 1
                 call.cancel()
+                end_span(span, code_name)
 
-    async def ListModels(  # noqa: N802 - gRPC method name
+    async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListModelsResponse:
         out = []
         for route in self._registry.config.models:
             replicas = [r for n in route.replicas if (r := self._pool.get(n)) is not None]
             ready = [r for r in replicas if r.healthy]
-            info = pb.ModelInfo(name=route.name, total_replicas=len(route.replicas), ready_replicas=len(ready))
+            info = pb.ModelInfo(
+                name=route.name, total_replicas=len(route.replicas), ready_replicas=len(ready)
+            )
             learned = next((r.models[route.name] for r in ready if route.name in r.models), None)
             if learned is not None:
                 info.max_model_len = learned.max_model_len

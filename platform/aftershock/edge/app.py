@@ -8,10 +8,12 @@ from typing import Any
 import grpc
 import orjson
 from fastapi import FastAPI
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from aftershock import tracing
 from aftershock.edge import errors as http_errors
 from aftershock.edge.backend_client import BackendClient
 from aftershock.edge.requests import request_id_of
@@ -29,6 +31,11 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
 def create_app(settings: EdgeSettings, backend: BackendClient, metrics: EdgeMetrics) -> FastAPI:
     serving = Serving(settings, backend, metrics)
     app = FastAPI(title="Aftershock edge", docs_url=None, redoc_url=None, openapi_url=None)
+    if not tracing.disabled():
+        # One SERVER span per request; without exclude_spans the instrumentor adds a span per SSE chunk.
+        FastAPIInstrumentor.instrument_app(
+            app, excluded_urls="healthz,readyz", exclude_spans=["send", "receive"]
+        )
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
@@ -72,9 +79,10 @@ def create_app(settings: EdgeSettings, backend: BackendClient, metrics: EdgeMetr
     async def http_exception(request: Request, exc: StarletteHTTPException) -> Response:
         # Unknown endpoints and wrong methods answer in OpenAI's error shape too.
         request_id = request_id_of(request)
-        message = {404: f"Unknown endpoint: {request.method} {request.url.path}", 405: "Method not allowed."}.get(
-            exc.status_code, str(exc.detail)
-        )
+        message = {
+            404: f"Unknown endpoint: {request.method} {request.url.path}",
+            405: "Method not allowed.",
+        }.get(exc.status_code, str(exc.detail))
         code = {404: "unknown_endpoint", 405: "method_not_allowed"}.get(exc.status_code)
         err = http_errors.http_error(exc.status_code, message, code=code, request_id=request_id)
         metrics.http_responses_total.labels(str(exc.status_code)).inc()

@@ -52,8 +52,14 @@ class HttpError:
 
 
 def http_error(
-    status: int, message: str, *, code: str | None, param: str | None = None, request_id: str = "",
-    retry_after_s: float | None = None, grpc_code: str = "UNKNOWN",
+    status: int,
+    message: str,
+    *,
+    code: str | None,
+    param: str | None = None,
+    request_id: str = "",
+    retry_after_s: float | None = None,
+    grpc_code: str = "UNKNOWN",
 ) -> HttpError:
     error: dict[str, Any] = {
         "message": message,

@@ -29,7 +29,9 @@ class _Server(uvicorn.Server):
         yield
 
 
-def build(settings: EdgeSettings, registry: CollectorRegistry | None = None) -> tuple[uvicorn.Server, BackendClient]:
+def build(
+    settings: EdgeSettings, registry: CollectorRegistry | None = None
+) -> tuple[uvicorn.Server, BackendClient]:
     registry = registry if registry is not None else new_registry()
     metrics = EdgeMetrics(registry)
     backend = BackendClient(settings.backend_target, settings.models_cache_s)

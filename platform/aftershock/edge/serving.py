@@ -12,6 +12,8 @@ from typing import Any
 
 import grpc
 import orjson
+from opentelemetry import trace
+from opentelemetry.trace import Span
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -24,10 +26,25 @@ from aftershock.edge.requests import parse_json_body, read_body, request_id_of, 
 from aftershock.edge.schema import ChatCompletionRequest, CompletionRequest
 from aftershock.edge.settings import EdgeSettings
 from aftershock.metrics import UNKNOWN_MODEL, EdgeMetrics
+from aftershock.rpc.tracing import end_span, start_client_span
+from aftershock.tracing import (
+    GEN_AI_FINISH_REASONS,
+    GEN_AI_INPUT_TOKENS,
+    GEN_AI_OPERATION,
+    GEN_AI_OUTPUT_TOKENS,
+    GEN_AI_REQUEST_MAX_TOKENS,
+    GEN_AI_REQUEST_MODEL,
+    GEN_AI_REQUEST_SEED,
+    GEN_AI_REQUEST_TEMPERATURE,
+    GEN_AI_REQUEST_TOP_P,
+    GEN_AI_RESPONSE_ID,
+    trace_id_of,
+)
 from aftershock.v1 import generation_pb2 as pb
 
 log = logging.getLogger(__name__)
 
+BACKEND_GENERATE = "/aftershock.v1.Backend/Generate"
 FINISH_REASONS = {pb.FINISH_REASON_STOP: "stop", pb.FINISH_REASON_LENGTH: "length"}
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
@@ -38,8 +55,23 @@ class _Call:
 
     request_id: str
     started: float
+    span: Span
     model: str = UNKNOWN_MODEL
     stream: bool = False
+    client_span: Span | None = None
+
+    def exemplar(self) -> dict[str, str] | None:
+        trace_id = trace_id_of(self.span)
+        return {"trace_id": trace_id} if trace_id else None
+
+    def usage(self, msg: pb.GenerateResponse, finish: str) -> None:
+        self.span.set_attributes(
+            {
+                GEN_AI_INPUT_TOKENS: msg.prompt_tokens,
+                GEN_AI_OUTPUT_TOKENS: msg.completion_tokens,
+                GEN_AI_FINISH_REASONS: (finish,),
+            }
+        )
 
 
 class Serving:
@@ -57,20 +89,24 @@ class Serving:
         return await self._serve(request, chat=False)
 
     async def _serve(self, request: Request, *, chat: bool) -> Response:
-        call = _Call(request_id_of(request), time.perf_counter())
+        call = _Call(request_id_of(request), time.perf_counter(), trace.get_current_span())
         request_id_var.set(call.request_id)
         self._metrics.in_flight.inc()
         streaming = False
         try:
             body = await read_body(request, self._settings.max_body_bytes)
             parsed: ChatCompletionRequest | CompletionRequest = (
-                parse_json_body(body, ChatCompletionRequest) if chat else parse_json_body(body, CompletionRequest)
+                parse_json_body(body, ChatCompletionRequest)
+                if chat
+                else parse_json_body(body, CompletionRequest)
             )
             call.model = parsed.model if parsed.model in self._backend.known_models else UNKNOWN_MODEL
             call.stream = parsed.stream
+            _describe(call, parsed, chat)
             timeout = timeout_of(request, self._settings.default_timeout_s, self._settings.max_timeout_s)
             grpc_request = _to_grpc(parsed, call.request_id)
-            rpc = self._backend.stub.Generate(grpc_request, timeout=timeout)
+            call.client_span, metadata = start_client_span(BACKEND_GENERATE, self._settings.backend_target)
+            rpc = self._backend.stub.Generate(grpc_request, timeout=timeout, metadata=metadata)
             if parsed.stream:
                 response = await self._open_stream(rpc, parsed, call, chat)
                 streaming = True
@@ -120,8 +156,9 @@ class Serving:
             body = {"id": f"cmpl-{call.request_id}", "object": "text_completion"}
         body.update({"created": created, "model": parsed.model, "choices": [choice], "usage": usage})
         elapsed = time.perf_counter() - call.started
-        self._metrics.time_to_first_token_seconds.labels(call.model).observe(elapsed)
+        self._metrics.time_to_first_token_seconds.labels(call.model).observe(elapsed, call.exemplar())
         self._metrics.output_tokens_total.labels("edge", call.model).inc(last.completion_tokens)
+        call.usage(last, finish)
         self._finish(call, "OK", 200)
         return Response(orjson.dumps(body), media_type="application/json", headers=_headers(call))
 
@@ -154,8 +191,12 @@ class Serving:
         )
 
     async def _events(
-        self, rpc: Any, iterator: AsyncIterator[pb.GenerateResponse], first: pb.GenerateResponse,
-        encoder: sse.ChunkEncoder, call: _Call,
+        self,
+        rpc: Any,
+        iterator: AsyncIterator[pb.GenerateResponse],
+        first: pb.GenerateResponse,
+        encoder: sse.ChunkEncoder,
+        call: _Call,
     ) -> AsyncIterator[bytes]:
         metrics = self._metrics
         itl = metrics.inter_token_latency_seconds.labels(call.model)
@@ -170,7 +211,8 @@ class Serving:
                     now = time.perf_counter()
                     n = max(1, msg.completion_tokens - sent)
                     if sent == 0:
-                        metrics.time_to_first_token_seconds.labels(call.model).observe(now - call.started)
+                        ttft = now - call.started
+                        metrics.time_to_first_token_seconds.labels(call.model).observe(ttft, call.exemplar())
                     else:
                         itl.observe((now - last_at) / n)
                     last_at = now
@@ -178,7 +220,9 @@ class Serving:
                     yield head + encoder.delta("".join(msg.tokens))
                     head = b""
                 if msg.finish_reason:
-                    tail = encoder.finish(FINISH_REASONS.get(msg.finish_reason, "stop"))
+                    finish = FINISH_REASONS.get(msg.finish_reason, "stop")
+                    call.usage(msg, finish)
+                    tail = encoder.finish(finish)
                     if encoder.include_usage:
                         tail += encoder.usage(msg.prompt_tokens, msg.completion_tokens)
                     yield head + tail + sse.DONE
@@ -207,20 +251,33 @@ class Serving:
 
     # -- bookkeeping --------------------------------------------------------------------------
 
-    def _error(self, err: http_errors.HttpError, call: _Call, domain: errors.AftershockError | None) -> Response:
+    def _error(
+        self, err: http_errors.HttpError, call: _Call, domain: errors.AftershockError | None
+    ) -> Response:
         status = 413 if domain is not None and domain.error_type == "request_too_large" else err.status
         self._finish(call, err.grpc_code, status)
-        return Response(err.encoded(), status_code=status, media_type="application/json",
-                        headers={**err.headers, **_headers(call)})
+        return Response(
+            err.encoded(),
+            status_code=status,
+            media_type="application/json",
+            headers={**err.headers, **_headers(call)},
+        )
 
     def _finish(self, call: _Call, code: str, status: int) -> None:
+        if call.client_span is not None:
+            end_span(call.client_span, code)
+            call.client_span = None
         elapsed = time.perf_counter() - call.started
         m = self._metrics
         m.requests_total.labels("edge", call.model, code).inc()
-        m.request_duration_seconds.labels("edge", call.model, "true" if call.stream else "false").observe(elapsed)
+        m.request_duration_seconds.labels("edge", call.model, "true" if call.stream else "false").observe(
+            elapsed
+        )
         m.http_responses_total.labels(str(status)).inc()
         if code not in ("OK", "CANCELLED"):
-            log.info("request failed", extra={"code": code, "status": status, "duration_s": round(elapsed, 4)})
+            log.info(
+                "request failed", extra={"code": code, "status": status, "duration_s": round(elapsed, 4)}
+            )
 
 
 async def _disconnected(request: Request) -> None:
@@ -230,7 +287,35 @@ async def _disconnected(request: Request) -> None:
 
 
 def _headers(call: _Call) -> dict[str, str]:
-    return {"x-request-id": call.request_id}
+    """x-request-id always; traceparent so a user can find the request's trace in Jaeger."""
+    headers = {"x-request-id": call.request_id}
+    ctx = call.span.get_span_context()
+    if ctx.is_valid:
+        headers["traceparent"] = f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+    return headers
+
+
+def _describe(call: _Call, parsed: ChatCompletionRequest | CompletionRequest, chat: bool) -> None:
+    """GenAI semantic-convention attributes on the request's span (never the prompt text)."""
+    if not call.span.is_recording():
+        return
+    attrs: dict[str, str | int | float] = {
+        GEN_AI_OPERATION: "chat" if chat else "text_completion",
+        GEN_AI_REQUEST_MODEL: parsed.model,
+        GEN_AI_RESPONSE_ID: ("chatcmpl-" if chat else "cmpl-") + call.request_id,
+        "aftershock.request_id": call.request_id,
+        "aftershock.stream": parsed.stream,
+    }
+    max_tokens = parsed.effective_max_tokens()
+    if max_tokens is not None:
+        attrs[GEN_AI_REQUEST_MAX_TOKENS] = max_tokens
+    if parsed.temperature is not None:
+        attrs[GEN_AI_REQUEST_TEMPERATURE] = parsed.temperature
+    if parsed.top_p is not None:
+        attrs[GEN_AI_REQUEST_TOP_P] = parsed.top_p
+    if parsed.seed is not None:
+        attrs[GEN_AI_REQUEST_SEED] = parsed.seed
+    call.span.set_attributes(attrs)
 
 
 def _usage(msg: pb.GenerateResponse) -> dict[str, int]:
@@ -253,8 +338,9 @@ def _to_grpc(parsed: ChatCompletionRequest | CompletionRequest, request_id: str)
         request_id=request_id, model=parsed.model, sampling=sampling, stream=parsed.stream
     )
     if isinstance(parsed, ChatCompletionRequest):
-        req.chat.messages.extend(pb.ChatMessage(role=m.role, content=m.text(), name=m.name or "") for m in parsed.messages)
+        req.chat.messages.extend(
+            pb.ChatMessage(role=m.role, content=m.text(), name=m.name or "") for m in parsed.messages
+        )
     else:
         req.prompt = parsed.prompt_text()
     return req
-

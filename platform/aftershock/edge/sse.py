@@ -26,7 +26,9 @@ def error_event(error: dict[str, Any]) -> bytes:
 class ChunkEncoder:
     """Encodes the chunks of one stream (chat.completion.chunk or text_completion)."""
 
-    def __init__(self, *, chat: bool, completion_id: str, created: int, model: str, include_usage: bool) -> None:
+    def __init__(
+        self, *, chat: bool, completion_id: str, created: int, model: str, include_usage: bool
+    ) -> None:
         self.chat = chat
         self.include_usage = include_usage
         self._base: dict[str, Any] = {
@@ -46,7 +48,12 @@ class ChunkEncoder:
 
     def role(self) -> bytes:
         """The first chat chunk announces the assistant role, as OpenAI's do."""
-        choice = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+        choice = {
+            "index": 0,
+            "delta": {"role": "assistant", "content": ""},
+            "logprobs": None,
+            "finish_reason": None,
+        }
         return self._chunk([choice])
 
     def delta(self, text: str) -> bytes:

@@ -97,7 +97,9 @@ class OpenAIEngine:
         resp.raise_for_status()
         for item in resp.json().get("data", []):
             max_len = int(item.get("max_model_len") or self._default_len)
-            self._models[item["id"]] = ModelSpec(item["id"], max_len, min(max_len, self._default_out), self.kind)
+            self._models[item["id"]] = ModelSpec(
+                item["id"], max_len, min(max_len, self._default_out), self.kind
+            )
         log.info("openai engine ready", extra={"models": sorted(self._models)})
 
     async def stop(self) -> None:
@@ -140,7 +142,9 @@ class OpenAIEngine:
         path, body = self._body(request)
         return self._stream(path, body, request)
 
-    async def _stream(self, path: str, body: dict[str, Any], request: EngineRequest) -> AsyncIterator[EngineOutput]:
+    async def _stream(
+        self, path: str, body: dict[str, Any], request: EngineRequest
+    ) -> AsyncIterator[EngineOutput]:
         arrival = time.monotonic()
         timeout = None if request.deadline is None else max(0.001, request.deadline - arrival)
         headers = {"x-request-id": request.request_id}
@@ -152,9 +156,7 @@ class OpenAIEngine:
         first_at = 0.0
         finish: FinishReason | None = None
         try:
-            async with self._client.stream(
-                "POST", path, json=body, headers=headers, timeout=timeout
-            ) as resp:
+            async with self._client.stream("POST", path, json=body, headers=headers, timeout=timeout) as resp:
                 if resp.status_code != 200:
                     raise error_for_status(resp.status_code, await resp.aread())
                 async for line in resp.aiter_lines():
@@ -182,7 +184,9 @@ class OpenAIEngine:
         except httpx.TimeoutException:
             raise errors.DeadlineExceeded("The upstream server did not answer before the deadline.") from None
         except httpx.TransportError as exc:
-            raise errors.Unavailable(f"Upstream server unreachable: {type(exc).__name__}.", retry_after_s=1.0) from None
+            raise errors.Unavailable(
+                f"Upstream server unreachable: {type(exc).__name__}.", retry_after_s=1.0
+            ) from None
         now = time.monotonic()
         out = EngineOutput([], prompt_tokens, completion, finish or "stop")
         out.ttft_s = (first_at or now) - arrival

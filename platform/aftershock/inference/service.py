@@ -25,7 +25,9 @@ def build_engine(settings: InferenceSettings, registry: CollectorRegistry) -> En
     if settings.engine == "sim":
         from aftershock.inference.sim import SimEngine
 
-        return SimEngine(settings.resolved_sim_models(), EngineMetrics(registry), fault_seed=settings.fault_seed)
+        return SimEngine(
+            settings.resolved_sim_models(), EngineMetrics(registry), fault_seed=settings.fault_seed
+        )
     if settings.engine == "vllm":
         from aftershock.inference.vllm_engine import VllmEngine
 
@@ -53,7 +55,7 @@ class InferenceService:
     async def start(self) -> None:
         await self.engine.start()
         names = {m.name for m in self.engine.models()}
-        servicer = InferenceServicer(self.engine)
+        servicer = InferenceServicer(self.engine, self.settings.replica_name)
         self._server = await start_server(
             host=self.settings.host,
             port=self.settings.port,

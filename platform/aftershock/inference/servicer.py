@@ -7,25 +7,52 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from opentelemetry import trace
+from opentelemetry.trace import Span
 
 from aftershock import errors
 from aftershock.context import request_id_var
 from aftershock.inference import convert
-from aftershock.inference.engine import Engine
+from aftershock.inference.engine import Engine, EngineOutput
+from aftershock.tracing import (
+    GEN_AI_FINISH_REASONS,
+    GEN_AI_INPUT_TOKENS,
+    GEN_AI_OPERATION,
+    GEN_AI_OUTPUT_TOKENS,
+    GEN_AI_REQUEST_MAX_TOKENS,
+    GEN_AI_REQUEST_MODEL,
+    GEN_AI_SYSTEM,
+)
 from aftershock.v1 import generation_pb2 as pb
 from aftershock.v1 import inference_pb2_grpc
 
+_tracer = trace.get_tracer("aftershock.inference")
+
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, replica: str = "") -> None:
         self._engine = engine
+        self._replica = replica
 
-    async def Generate(  # noqa: N802 - gRPC method name
+    async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.GenerateResponse]:
         request_id_var.set(request.request_id)
         if not request.model:
             raise errors.InvalidArgument("model is required.", param="model")
+        span = trace.get_current_span()
+        arrival_ns = time.time_ns()
+        if span.is_recording():
+            span.set_attributes(
+                {
+                    GEN_AI_OPERATION: "chat" if request.WhichOneof("input") == "chat" else "text_completion",
+                    GEN_AI_REQUEST_MODEL: request.model,
+                    GEN_AI_REQUEST_MAX_TOKENS: request.sampling.max_tokens,
+                    GEN_AI_SYSTEM: self._engine.kind,
+                    "aftershock.replica": self._replica,
+                    "aftershock.request_id": request.request_id,
+                }
+            )
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None
         outputs = self._engine.generate(convert.engine_request(request, deadline))
@@ -35,11 +62,14 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             async for out in outputs:
                 tokens.extend(out.tokens)
                 if out.finish_reason is not None:
+                    _record(span, out, arrival_ns)
                     yield convert.response(out, tokens)
             return
         interval = request.stream_interval
         if interval <= 1:
             async for out in outputs:
+                if out.finish_reason is not None:
+                    _record(span, out, arrival_ns)
                 yield convert.response(out)
             return
         # Batch to at least `interval` tokens per message, but never hold back the first token.
@@ -48,11 +78,37 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         async for out in outputs:
             pending.extend(out.tokens)
             if first or len(pending) >= interval or out.finish_reason is not None:
+                if out.finish_reason is not None:
+                    _record(span, out, arrival_ns)
                 yield convert.response(out, pending)
                 pending = []
                 first = False
 
-    async def ListModels(  # noqa: N802 - gRPC method name
+    async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(models=[convert.model_info(m) for m in self._engine.models()])
+
+
+def _record(span: Span, out: EngineOutput, arrival_ns: int) -> None:
+    """Usage on the hop's span, and the engine's phases as child spans (three per request, not per token)."""
+    if not span.is_recording():
+        return
+    span.set_attributes(
+        {
+            GEN_AI_INPUT_TOKENS: out.prompt_tokens,
+            GEN_AI_OUTPUT_TOKENS: out.completion_tokens,
+            GEN_AI_FINISH_REASONS: (out.finish_reason or "stop",),
+        }
+    )
+    parent = trace.set_span_in_context(span)
+    queued = arrival_ns + int(out.queue_s * 1e9)
+    first = arrival_ns + int(out.ttft_s * 1e9)
+    end = arrival_ns + int(out.e2e_s * 1e9)
+    for name, start, stop in (
+        ("engine.queue", arrival_ns, queued),
+        ("engine.prefill", queued, first),
+        ("engine.decode", first, end),
+    ):
+        phase = _tracer.start_span(name, context=parent, start_time=start)
+        phase.end(end_time=max(start, stop))

@@ -55,7 +55,9 @@ class _Sequence:
         "tokens",
     )
 
-    def __init__(self, request: EngineRequest, prompt: str, seed: int, arrival: float, extra_ttft: float) -> None:
+    def __init__(
+        self, request: EngineRequest, prompt: str, seed: int, arrival: float, extra_ttft: float
+    ) -> None:
         self.request = request
         self.tokens = TokenStream(request.model, prompt, seed)
         self.prompt_tokens = count_prompt_tokens(prompt)
@@ -140,7 +142,9 @@ class _ModelScheduler:
         while self.waiting and len(self.running) < cfg.max_num_seqs:
             seq = self.waiting.popleft()
             seq.scheduled_at = now
-            seq.next_token_at = now + cfg.ttft_s + cfg.prefill_s_per_token * seq.prompt_tokens + seq.next_token_at
+            seq.next_token_at = (
+                now + cfg.ttft_s + cfg.prefill_s_per_token * seq.prompt_tokens + seq.next_token_at
+            )
             self.h_queue.observe(now - seq.arrival)
             self.c_prompt.inc(seq.prompt_tokens)
             self.running.append(seq)
@@ -258,7 +262,9 @@ class SimEngine:
         self._tasks.clear()
 
     def models(self) -> Sequence[ModelSpec]:
-        return [ModelSpec(c.name, c.max_model_len, c.max_output_tokens, self.kind) for c in self._configs.values()]
+        return [
+            ModelSpec(c.name, c.max_model_len, c.max_output_tokens, self.kind) for c in self._configs.values()
+        ]
 
     def _inject_fault(self, cfg: SimModelConfig) -> float:
         """Maybe raise an injected status-level fault; returns extra time to first token (slow start)."""
@@ -299,11 +305,14 @@ class SimEngine:
         else:
             raise errors.InvalidArgument("A prompt or chat messages are required.", param="prompt")
         prompt_tokens = count_prompt_tokens(prompt)
-        max_tokens = request.max_tokens or min(cfg.default_max_tokens, max(1, cfg.max_model_len - prompt_tokens))
+        max_tokens = request.max_tokens or min(
+            cfg.default_max_tokens, max(1, cfg.max_model_len - prompt_tokens)
+        )
         total = prompt_tokens + max_tokens
         if total > cfg.max_model_len:
             raise errors.InvalidArgument(
-                f"This model's maximum context length is {cfg.max_model_len} tokens; the request needs {total} "
+                f"This model's maximum context length is {cfg.max_model_len} tokens; "
+                f"the request needs {total} "
                 "(prompt plus max_tokens).",
                 param="max_tokens",
             )

@@ -34,6 +34,11 @@ class SimModelConfig(BaseModel):
 DEFAULT_SIM_MODELS: tuple[SimModelConfig, ...] = (
     SimModelConfig(name="sim-small", ttft_s=0.03, prefill_s_per_token=0.0001, itl_s=0.01, max_model_len=8192),
     SimModelConfig(
-        name="sim-large", ttft_s=0.12, prefill_s_per_token=0.0004, itl_s=0.03, max_model_len=32768, max_num_seqs=64
+        name="sim-large",
+        ttft_s=0.12,
+        prefill_s_per_token=0.0004,
+        itl_s=0.03,
+        max_model_len=32768,
+        max_num_seqs=64,
     ),
 )

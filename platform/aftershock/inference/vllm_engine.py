@@ -32,7 +32,12 @@ class AsyncLLMLike(Protocol):
     model_config: Any
 
     def generate(
-        self, prompt: Any, sampling_params: Any, request_id: str, *, trace_headers: Mapping[str, str] | None = None
+        self,
+        prompt: Any,
+        sampling_params: Any,
+        request_id: str,
+        *,
+        trace_headers: Mapping[str, str] | None = None,
     ) -> AsyncIterator[Any]: ...
 
     async def abort(self, request_id: str | Iterable[str]) -> None: ...
@@ -115,7 +120,9 @@ class VllmEngine:
     def _prompt(self, request: EngineRequest) -> str:
         if request.messages is not None:
             turns = [{"role": m.role, "content": m.content} for m in request.messages]
-            prompt: str = self._tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+            prompt: str = self._tokenizer.apply_chat_template(
+                turns, tokenize=False, add_generation_prompt=True
+            )
             return prompt
         if request.prompt is None:
             raise errors.InvalidArgument("A prompt or chat messages are required.", param="prompt")

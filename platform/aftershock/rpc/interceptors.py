@@ -1,4 +1,5 @@
-"""The one place where domain errors become gRPC status, and where each hop counts its requests."""
+"""The one place where domain errors become gRPC status, where each hop counts its requests and
+where each handled call gets its SERVER span (trace context from the caller's metadata)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Container
 from typing import Any
 
 import grpc
+from opentelemetry import trace
 
 from aftershock import errors
 from aftershock.metrics import UNKNOWN_MODEL, HopMetrics
+from aftershock.rpc.tracing import end_span, start_server_span
+from aftershock.tracing import trace_id_of
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +27,8 @@ async def abort_with(context: grpc.aio.ServicerContext[Any, Any], err: errors.Af
 class StatusInterceptor(grpc.aio.ServerInterceptor):
     """Maps AftershockError (and anything unexpected) to gRPC status and records RED metrics.
 
-    Only methods whose request has a `model` field are measured; health and ListModels are not.
+    Only aftershock.v1 methods are wrapped (health is not); RED metrics are recorded for the streaming
+    Generate calls, whose requests carry the model.
     """
 
     def __init__(self, metrics: HopMetrics, known_models: Callable[[], Container[str]]) -> None:
@@ -42,35 +47,34 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or not handler_call_details.method.startswith("/aftershock."):
             return handler
+        method = handler_call_details.method
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(handler.unary_stream),
+                self._wrap_stream(handler.unary_stream, method),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary),
+                self._wrap_unary(handler.unary_unary, method),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler
 
-    def _wrap_stream(self, behavior: Any) -> Callable[..., AsyncIterator[Any]]:
+    def _wrap_stream(self, behavior: Any, method: str) -> Callable[..., AsyncIterator[Any]]:
         metrics = self._metrics
 
         async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-            if not hasattr(request, "model"):
-                async for msg in behavior(request, context):
-                    yield msg
-                return
             start = time.perf_counter()
             model = self._model_label(request)
             code = "OK"
             metrics.in_flight.inc()
+            span = start_server_span(method, context.invocation_metadata())
             try:
-                async for msg in behavior(request, context):
-                    yield msg
+                with trace.use_span(span, end_on_exit=False):
+                    async for msg in behavior(request, context):
+                        yield msg
             except errors.AftershockError as err:
                 code = err.code.name
                 await abort_with(context, err)
@@ -87,23 +91,33 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
             finally:
                 metrics.in_flight.dec()
                 metrics.requests_total.labels(metrics.service, model, code).inc()
+                trace_id = trace_id_of(span)
                 metrics.request_duration_seconds.labels(
                     metrics.service, model, "true" if getattr(request, "stream", False) else "false"
-                ).observe(time.perf_counter() - start)
+                ).observe(time.perf_counter() - start, {"trace_id": trace_id} if trace_id else None)
+                end_span(span, code)
 
         return wrapper
 
-    def _wrap_unary(self, behavior: Any) -> Callable[..., Awaitable[Any]]:
+    def _wrap_unary(self, behavior: Any, method: str) -> Callable[..., Awaitable[Any]]:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            span = start_server_span(method, context.invocation_metadata())
+            code = "OK"
             try:
-                return await behavior(request, context)
+                with trace.use_span(span, end_on_exit=False):
+                    return await behavior(request, context)
             except errors.AftershockError as err:
+                code = err.code.name
                 await abort_with(context, err)
             except (asyncio.CancelledError, grpc.aio.AbortError):
+                code = "CANCELLED"
                 raise
             except Exception:
+                code = "INTERNAL"
                 log.exception("unhandled error in %s", behavior.__qualname__)
                 await context.abort(grpc.StatusCode.INTERNAL, "Internal error.")
+            finally:
+                end_span(span, code)
 
         return wrapper
 

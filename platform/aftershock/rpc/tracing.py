@@ -1,0 +1,70 @@
+"""W3C trace context over gRPC metadata, with one SERVER span per handled call and one CLIENT span
+per outgoing call.
+
+Why not opentelemetry-instrumentation-grpc: its aio server interceptor fails on handlers that
+write through the context instead of yielding (grpc.health.v1 Watch), and its wrappers (plus
+grpc.aio's intercepted-call machinery on the client) cost 15-30 µs of CPU per streamed message on
+this architecture, where a message costs about 65 µs to send. The spans follow the same RPC
+semantic conventions (rpc.system, rpc.service, rpc.method, rpc.grpc.status_code).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import grpc
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+_tracer = trace.get_tracer("aftershock.rpc")
+_PROPAGATED = frozenset({"traceparent", "tracestate", "baggage"})
+
+
+def _split(method: str) -> tuple[str, str]:
+    service, _, name = method.lstrip("/").partition("/")
+    return service, name
+
+
+def extract(metadata: Iterable[tuple[str, str | bytes]] | None) -> Context:
+    carrier = {k: (v if isinstance(v, str) else v.decode()) for k, v in (metadata or ()) if k in _PROPAGATED}
+    return propagate.extract(carrier)
+
+
+def start_server_span(method: str, metadata: Iterable[tuple[str, str | bytes]] | None) -> Span:
+    service, name = _split(method)
+    return _tracer.start_span(
+        method.lstrip("/"),
+        context=extract(metadata),
+        kind=SpanKind.SERVER,
+        attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+    )
+
+
+def start_client_span(method: str, target: str) -> tuple[Span, tuple[tuple[str, str], ...]]:
+    """A CLIENT span under the current one, and the metadata that carries it downstream."""
+    service, name = _split(method)
+    host, _, port = target.rpartition(":")
+    span = _tracer.start_span(
+        method.lstrip("/"),
+        kind=SpanKind.CLIENT,
+        attributes={
+            "rpc.system": "grpc",
+            "rpc.service": service,
+            "rpc.method": name,
+            "server.address": host,
+            "server.port": int(port) if port.isdigit() else 0,
+        },
+    )
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=trace.set_span_in_context(span))
+    return span, tuple(carrier.items())
+
+
+def end_span(span: Span, code: grpc.StatusCode | str, message: str = "") -> None:
+    name = code if isinstance(code, str) else code.name
+    value = grpc.StatusCode[name].value[0] if name in grpc.StatusCode.__members__ else 2
+    span.set_attribute("rpc.grpc.status_code", value)
+    if name not in ("OK", "CANCELLED"):
+        span.set_status(Status(StatusCode.ERROR, message or name))
+    span.end()

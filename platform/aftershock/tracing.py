@@ -1,0 +1,73 @@
+"""OpenTelemetry tracing set-up shared by every service.
+
+Spans are always created (trace ids appear in logs, exemplars and the edge's `traceparent` header);
+they are exported over OTLP only when `OTEL_EXPORTER_OTLP_ENDPOINT` (or the traces-specific
+variable) is set, through a batch processor. Sampling, service name and resource attributes follow
+the SDK's own `OTEL_*` variables. Never a span per token: one span per hop plus the engine's phases.
+"""
+
+from __future__ import annotations
+
+import os
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import Span
+
+# OpenTelemetry GenAI semantic-convention attribute names.
+GEN_AI_OPERATION = "gen_ai.operation.name"
+GEN_AI_SYSTEM = "gen_ai.system"
+GEN_AI_REQUEST_MODEL = "gen_ai.request.model"
+GEN_AI_REQUEST_MAX_TOKENS = "gen_ai.request.max_tokens"
+GEN_AI_REQUEST_TEMPERATURE = "gen_ai.request.temperature"
+GEN_AI_REQUEST_TOP_P = "gen_ai.request.top_p"
+GEN_AI_REQUEST_SEED = "gen_ai.request.seed"
+GEN_AI_INPUT_TOKENS = "gen_ai.usage.input_tokens"
+GEN_AI_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
+GEN_AI_FINISH_REASONS = "gen_ai.response.finish_reasons"
+GEN_AI_RESPONSE_ID = "gen_ai.response.id"
+
+_configured = False
+
+
+def exporting() -> bool:
+    return bool(
+        os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    )
+
+
+def disabled() -> bool:
+    return os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true"
+
+
+def configure_tracing(service: str) -> None:
+    """Install the global tracer provider for this process (once); OTEL_SDK_DISABLED=true leaves the
+    no-op provider in place, so spans cost next to nothing."""
+    global _configured
+    if _configured or disabled():
+        return
+    # Resource.create merges OTEL_RESOURCE_ATTRIBUTES; OTEL_SERVICE_NAME still wins over our default.
+    name = os.environ.get("OTEL_SERVICE_NAME") or f"aftershock-{service}"
+    resource = Resource.create({SERVICE_NAME: name, "service.namespace": "aftershock"})
+    provider = TracerProvider(resource=resource)
+    if exporting():
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    _configured = True
+
+
+def trace_id_of(span: Span) -> str | None:
+    """The span's trace id as 32 hex digits, when it is sampled (for exemplars and headers)."""
+    ctx = span.get_span_context()
+    if not ctx.is_valid or not ctx.trace_flags.sampled:
+        return None
+    return format(ctx.trace_id, "032x")
+
+
+def exemplar() -> dict[str, str] | None:
+    trace_id = trace_id_of(trace.get_current_span())
+    return {"trace_id": trace_id} if trace_id else None

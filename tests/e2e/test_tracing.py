@@ -1,0 +1,128 @@
+"""One trace per request across edge, backend and inference, exported over OTLP to a real receiver."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from aftershock.stack import Stack, StackConfig
+
+from tests.conftest import ARTIFACTS
+from tests.otlp_receiver import OtlpReceiver, ReceivedSpan, start_receiver
+
+pytestmark = pytest.mark.e2e
+
+SERVER, CLIENT = 2, 3  # OTLP span kinds
+
+
+@pytest.fixture(scope="module")
+def traced(e2e_models_file: Path) -> Iterator[tuple[Stack, OtlpReceiver]]:
+    server, receiver, port = start_receiver()
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+        "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+    }
+    stack = Stack(
+        StackConfig(
+            replicas=1,
+            models_file=e2e_models_file,
+            log_dir=ARTIFACTS / "test_tracing",
+            shutdown_grace_s=5,
+            env={"inference": env, "backend": env, "edge": env},
+        )
+    )
+    try:
+        stack.start()
+        yield stack, receiver
+    finally:
+        stack.stop()
+        server.stop(0)
+
+
+def _wait_for_trace(receiver: OtlpReceiver, trace_id: str, services: set[str]) -> list[ReceivedSpan]:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        spans = receiver.of_trace(trace_id)
+        names = {s.name for s in spans}
+        if {s.service for s in spans} >= services and "engine.decode" in names:
+            return spans
+        time.sleep(0.1)
+    raise AssertionError(
+        f"trace {trace_id} incomplete: {[(s.service, s.name) for s in receiver.of_trace(trace_id)]}"
+    )
+
+
+def test_one_trace_across_all_three_services(traced: tuple[Stack, OtlpReceiver]) -> None:
+    stack, receiver = traced
+    body = {
+        "model": "sim-fast",
+        "stream": True,
+        "max_tokens": 8,
+        "seed": 2,
+        "messages": [{"role": "user", "content": "trace me"}],
+    }
+    with httpx.Client(timeout=10) as client:
+        with client.stream("POST", f"{stack.edge_url}/v1/chat/completions", json=body) as resp:
+            assert resp.status_code == 200
+            traceparent = resp.headers["traceparent"]
+            request_id = resp.headers["x-request-id"]
+            assert resp.read().endswith(b"data: [DONE]\n\n")
+    version, trace_id, edge_span_id, flags = traceparent.split("-")
+    assert version == "00" and len(trace_id) == 32 and int(flags, 16) & 1  # sampled
+
+    spans = _wait_for_trace(
+        receiver, trace_id, {"aftershock-edge", "aftershock-backend", "aftershock-inference"}
+    )
+    by_id = {s.span_id: s for s in spans}
+
+    def one(service: str, name: str, kind: int | None = None) -> ReceivedSpan:
+        found = [
+            s for s in spans if s.service == service and s.name == name and (kind is None or s.kind == kind)
+        ]
+        assert len(found) == 1, (service, name, [(s.service, s.name) for s in spans])
+        return found[0]
+
+    edge_server = by_id[edge_span_id]
+    assert edge_server.service == "aftershock-edge" and edge_server.kind == SERVER
+    edge_client = one("aftershock-edge", "aftershock.v1.Backend/Generate", CLIENT)
+    backend_server = one("aftershock-backend", "aftershock.v1.Backend/Generate", SERVER)
+    backend_client = one("aftershock-backend", "aftershock.v1.Inference/Generate", CLIENT)
+    inference_server = one("aftershock-inference", "aftershock.v1.Inference/Generate", SERVER)
+    assert edge_client.parent_id == edge_server.span_id
+    assert backend_server.parent_id == edge_client.span_id
+    assert backend_client.parent_id == backend_server.span_id
+    assert inference_server.parent_id == backend_client.span_id
+    for phase in ("engine.queue", "engine.prefill", "engine.decode"):
+        assert one("aftershock-inference", phase).parent_id == inference_server.span_id
+    # No span per token or per SSE chunk.
+    assert len(spans) <= 12, [(s.service, s.name) for s in spans]
+
+    # GenAI semantic-convention attributes at the edge and in the engine's hop.
+    for span in (edge_server, inference_server):
+        attrs = span.attributes
+        assert attrs["gen_ai.operation.name"] == "chat"
+        assert attrs["gen_ai.request.model"] == "sim-fast"
+        assert attrs["gen_ai.usage.output_tokens"] == 8
+        assert attrs["gen_ai.usage.input_tokens"] > 0
+        assert attrs["gen_ai.response.finish_reasons"] == ("length",)
+    assert edge_server.attributes["aftershock.request_id"] == request_id
+    assert backend_server.attributes["gen_ai.request.model"] == "sim-fast"
+    assert inference_server.attributes["rpc.system"] == "grpc"
+
+
+def test_prompt_text_is_not_recorded(traced: tuple[Stack, OtlpReceiver]) -> None:
+    stack, receiver = traced
+    secret = "the-secret-prompt-text-42"
+    with httpx.Client(timeout=10) as client:
+        resp = client.post(
+            f"{stack.edge_url}/v1/completions", json={"model": "sim-fast", "prompt": secret, "max_tokens": 3}
+        )
+    trace_id = resp.headers["traceparent"].split("-")[1]
+    spans = _wait_for_trace(receiver, trace_id, {"aftershock-edge", "aftershock-inference"})
+    assert all(secret not in repr(s.attributes) for s in spans)
+    for log in (ARTIFACTS / "test_tracing").glob("*.log"):
+        assert secret not in log.read_text()

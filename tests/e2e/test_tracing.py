@@ -126,3 +126,24 @@ def test_prompt_text_is_not_recorded(traced: tuple[Stack, OtlpReceiver]) -> None
     assert all(secret not in repr(s.attributes) for s in spans)
     for log in (ARTIFACTS / "test_tracing").glob("*.log"):
         assert secret not in log.read_text()
+
+
+def test_latency_histogram_exemplar_carries_the_request_trace_id(traced: tuple[Stack, OtlpReceiver]) -> None:
+    stack, _ = traced
+    assert stack.edge is not None
+    with httpx.Client(timeout=10) as client:
+        resp = client.post(
+            f"{stack.edge_url}/v1/completions", json={"model": "sim-slow", "prompt": "exemplar", "max_tokens": 2}
+        )
+        assert resp.status_code == 200
+        trace_id = resp.headers["traceparent"].split("-")[1]
+        text = client.get(
+            f"http://127.0.0.1:{stack.edge.metrics_port}/metrics",
+            headers={"accept": "application/openmetrics-text; version=1.0.0"},
+        ).text
+    lines = [
+        line
+        for line in text.splitlines()
+        if line.startswith("aftershock_request_duration_seconds_bucket") and 'model="sim-slow"' in line
+    ]
+    assert any(f'# {{trace_id="{trace_id}"}}' in line for line in lines), lines

@@ -271,7 +271,7 @@ class Serving:
         m = self._metrics
         m.requests_total.labels("edge", call.model, code).inc()
         m.request_duration_seconds.labels("edge", call.model, "true" if call.stream else "false").observe(
-            elapsed
+            elapsed, call.exemplar()
         )
         m.http_responses_total.labels(str(status)).inc()
         if code not in ("OK", "CANCELLED"):

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from aftershock.backend.registry import RegistryConfig, ReplicaConfig
+from aftershock.breaker import Breaker
 from aftershock.metrics import BackendMetrics
 from aftershock.rpc.client import insecure_channel
 from aftershock.v1 import generation_pb2 as pb
@@ -20,8 +22,30 @@ log = logging.getLogger(__name__)
 INFERENCE_SERVICE = "aftershock.v1.Inference"
 
 
+@dataclass(frozen=True)
+class BreakerConfig:
+    fail_max: int = 5
+    reset_timeout_s: float = 10.0
+    half_open_max_calls: int = 1
+
+
 class Replica:
-    def __init__(self, config: ReplicaConfig) -> None:
+    def __init__(
+        self,
+        config: ReplicaConfig,
+        breaker: BreakerConfig | None = None,
+        metrics: BackendMetrics | None = None,
+        is_failure: Callable[[BaseException], bool] = lambda exc: True,
+    ) -> None:
+        bc = breaker or BreakerConfig()
+        self.breaker = Breaker(
+            f"inference:{config.name}",
+            fail_max=bc.fail_max,
+            reset_timeout_s=bc.reset_timeout_s,
+            half_open_max_calls=bc.half_open_max_calls,
+            is_failure=is_failure,
+            metrics=metrics,
+        )
         self.name = config.name
         self.address = config.address
         self.channel = insecure_channel(config.address)
@@ -46,9 +70,17 @@ class ReplicaPool:
     """Keeps one Replica per configured address and its health up to date."""
 
     def __init__(
-        self, metrics: BackendMetrics, *, retry_min_s: float = 0.2, retry_max_s: float = 2.0
+        self,
+        metrics: BackendMetrics,
+        *,
+        breaker: BreakerConfig | None = None,
+        is_failure: Callable[[BaseException], bool] = lambda exc: True,
+        retry_min_s: float = 0.2,
+        retry_max_s: float = 2.0,
     ) -> None:
         self._metrics = metrics
+        self._breaker = breaker or BreakerConfig()
+        self._is_failure = is_failure
         self._retry_min_s = retry_min_s
         self._retry_max_s = retry_max_s
         self.replicas: dict[str, Replica] = {}
@@ -69,7 +101,7 @@ class ReplicaPool:
                 await old.close()
         for name, rc in wanted.items():
             if name not in self.replicas:
-                replica = Replica(rc)
+                replica = Replica(rc, self._breaker, self._metrics, self._is_failure)
                 self.replicas[name] = replica
                 replica._watch = asyncio.create_task(self._watch(replica), name=f"health-{name}")
         self._publish()

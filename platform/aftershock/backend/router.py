@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 
 from aftershock import errors
 from aftershock.backend.registry import ModelRegistry
@@ -11,13 +11,9 @@ from aftershock.backend.replicas import Replica, ReplicaPool
 
 
 class Router:
-    def __init__(
-        self, registry: ModelRegistry, pool: ReplicaPool, admits: Callable[[Replica], bool] = lambda r: True
-    ) -> None:
+    def __init__(self, registry: ModelRegistry, pool: ReplicaPool) -> None:
         self._registry = registry
         self._pool = pool
-        # A further gate on a healthy replica (its circuit breaker, in the resilient backend).
-        self._admits = admits
         self._turn = itertools.count()
 
     def replicas_of(self, model: str) -> list[Replica]:
@@ -29,9 +25,16 @@ class Router:
     def pick(self, model: str, exclude: Collection[str] = ()) -> Replica:
         """A healthy replica not yet tried; a tried one only when nothing else is left."""
         replicas = self.replicas_of(model)
-        healthy = [r for r in replicas if r.healthy and self._admits(r)]
-        candidates = [r for r in healthy if r.name not in exclude] or healthy
+        healthy = [r for r in replicas if r.healthy]
+        admitted = [r for r in healthy if r.breaker.admits()]
+        candidates = [r for r in admitted if r.name not in exclude] or admitted
         if not candidates:
+            if healthy:
+                raise errors.Unavailable(
+                    f"Every replica of model '{model}' has its circuit breaker open.",
+                    error_type="circuit_open",
+                    retry_after_s=1.0,
+                )
             raise errors.Unavailable(
                 f"No healthy replica is serving model '{model}'.",
                 error_type="no_healthy_replica",

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from aftershock.backend.registry import ModelRegistry
 from aftershock.backend.replicas import ReplicaPool
 from aftershock.backend.router import Router
-from aftershock.backend.servicer import BackendServicer
+from aftershock.backend.servicer import BackendServicer, is_replica_failure
 from aftershock.backend.settings import BackendSettings
 from aftershock.metrics import BackendMetrics, new_registry
 from aftershock.metrics_http import start_metrics_server
@@ -30,9 +30,10 @@ class BackendService:
         self.registry = registry if registry is not None else new_registry()
         self.metrics = BackendMetrics(self.registry)
         self.models = ModelRegistry(settings.registry_file, settings.fallback_catalogue, self.metrics)
-        self.pool = ReplicaPool(self.metrics)
+        self.pool = ReplicaPool(self.metrics, breaker=settings.breaker_config(), is_failure=is_replica_failure)
         self.router = Router(self.models, self.pool)
         self._server: RunningServer | None = None
+        self._status: StatusInterceptor | None = None
         self._reloader: asyncio.Task[None] | None = None
 
     @property
@@ -42,13 +43,21 @@ class BackendService:
 
     async def start(self) -> None:
         await self.pool.apply(self.models.config)
-        servicer = BackendServicer(self.models, self.pool, self.router, self.metrics)
+        self._status = StatusInterceptor(self.metrics, self.models.model_names)
+        servicer = BackendServicer(
+            self.models,
+            self.pool,
+            self.router,
+            self.metrics,
+            retry=self.settings.retry_config(),
+            max_in_flight=self.settings.max_in_flight,
+        )
         self._server = await start_server(
             host=self.settings.host,
             port=self.settings.port,
             register=lambda s: backend_pb2_grpc.add_BackendServicer_to_server(servicer, s),
             service_names=(SERVICE_NAME,),
-            interceptors=(StatusInterceptor(self.metrics, self.models.model_names),),
+            interceptors=(self._status,),
         )
         self._reloader = asyncio.create_task(self._reload_loop(), name="registry-reload")
         log.info("backend serving", extra={"port": self._server.port})
@@ -65,7 +74,11 @@ class BackendService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reloader
         if self._server is not None:
-            await self._server.shutdown(self.settings.shutdown_grace_s if grace_s is None else grace_s)
+            status = self._status
+            await self._server.shutdown(
+                self.settings.shutdown_grace_s if grace_s is None else grace_s,
+                busy=lambda: status.active if status is not None else 0,
+            )
         await self.pool.close()
 
 

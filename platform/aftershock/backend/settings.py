@@ -8,6 +8,8 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from aftershock.backend.registry import ModelRoute, RegistryConfig, ReplicaConfig
+from aftershock.backend.replicas import BreakerConfig
+from aftershock.backend.retry import RetryConfig
 
 # Served when no registry file is given or it was never readable: one local sim replica.
 DEFAULT_FALLBACK = RegistryConfig(
@@ -20,6 +22,8 @@ DEFAULT_FALLBACK = RegistryConfig(
 
 
 class BackendSettings(BaseSettings):
+    """Everything the backend reads at start; flags override the environment."""
+
     model_config = SettingsConfigDict(env_prefix="AFTERSHOCK_BACKEND_", frozen=True, extra="ignore")
 
     host: str = "127.0.0.1"
@@ -30,6 +34,45 @@ class BackendSettings(BaseSettings):
     fallback_catalogue: RegistryConfig = DEFAULT_FALLBACK
     registry_reload_s: float = Field(5.0, gt=0)
 
+    # Load shedding: requests beyond this many in flight get RESOURCE_EXHAUSTED at once.
+    max_in_flight: int = Field(1024, gt=0)
+
+    # Circuit breaker per inference replica.
+    breaker_fail_max: int = Field(5, gt=0)
+    breaker_reset_timeout_s: float = Field(10.0, gt=0)
+    breaker_half_open_max_calls: int = Field(1, gt=0)
+
+    # Retries: attempts per request (first try included), backoff with full jitter, a time limit for
+    # a try's first message, and a budget (a fraction of recent requests plus a floor per second).
+    retry_max_attempts: int = Field(3, ge=1)
+    retry_backoff_base_s: float = Field(0.025, ge=0)
+    retry_backoff_cap_s: float = Field(1.0, ge=0)
+    retry_per_try_timeout_s: float = Field(10.0, gt=0)
+    retry_budget_ratio: float = Field(0.2, ge=0)
+    retry_budget_min_per_s: float = Field(5.0, ge=0)
+    retry_budget_window_s: float = Field(10.0, gt=0)
+
+    # Redis for dedupe; unset switches dedupe off.
+    redis_url: str | None = None
+
     shutdown_grace_s: float = Field(30.0, ge=0)
     log_level: str = "INFO"
     log_content: bool = False
+
+    def retry_config(self) -> RetryConfig:
+        return RetryConfig(
+            max_attempts=self.retry_max_attempts,
+            backoff_base_s=self.retry_backoff_base_s,
+            backoff_cap_s=self.retry_backoff_cap_s,
+            per_try_timeout_s=self.retry_per_try_timeout_s,
+            budget_ratio=self.retry_budget_ratio,
+            budget_min_per_s=self.retry_budget_min_per_s,
+            budget_window_s=self.retry_budget_window_s,
+        )
+
+    def breaker_config(self) -> BreakerConfig:
+        return BreakerConfig(
+            fail_max=self.breaker_fail_max,
+            reset_timeout_s=self.breaker_reset_timeout_s,
+            half_open_max_calls=self.breaker_half_open_max_calls,
+        )

@@ -82,3 +82,11 @@ def timeout_of(request: Request, default_s: float, max_s: float) -> float:
             raise errors.InvalidArgument(f"{header} must be positive.", param=header)
         return min(value, max_s)
     return default_s
+
+
+def idempotency_key_of(request: Request) -> str:
+    """The client's Idempotency-Key ("" when absent): one generation per key (backend dedupe)."""
+    key = request.headers.get("idempotency-key", "")
+    if len(key) > 255 or not key.isprintable():
+        raise errors.InvalidArgument("Idempotency-Key must be at most 255 printable characters.", param="Idempotency-Key")
+    return key

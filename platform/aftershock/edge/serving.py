@@ -22,7 +22,13 @@ from aftershock.context import request_id_var
 from aftershock.edge import errors as http_errors
 from aftershock.edge import sse
 from aftershock.edge.backend_client import BackendClient
-from aftershock.edge.requests import parse_json_body, read_body, request_id_of, timeout_of
+from aftershock.edge.requests import (
+    idempotency_key_of,
+    parse_json_body,
+    read_body,
+    request_id_of,
+    timeout_of,
+)
 from aftershock.edge.schema import ChatCompletionRequest, CompletionRequest
 from aftershock.edge.settings import EdgeSettings
 from aftershock.metrics import UNKNOWN_MODEL, EdgeMetrics
@@ -79,6 +85,7 @@ class Serving:
         self._settings = settings
         self._backend = backend
         self._metrics = metrics
+        self.in_flight = 0
 
     # -- entry points -------------------------------------------------------------------------
 
@@ -91,7 +98,17 @@ class Serving:
     async def _serve(self, request: Request, *, chat: bool) -> Response:
         call = _Call(request_id_of(request), time.perf_counter(), trace.get_current_span())
         request_id_var.set(call.request_id)
+        if self.in_flight >= self._settings.max_in_flight:
+            # Refuse in microseconds instead of queueing without bound.
+            self._metrics.shed_requests_total.labels("edge").inc()
+            err = errors.ResourceExhausted(
+                "The edge is at its in-flight limit; retry later.",
+                error_type="overloaded",
+                retry_after_s=self._settings.shed_retry_after_s,
+            )
+            return self._error(http_errors.from_domain(err, call.request_id), call, err)
         self._metrics.in_flight.inc()
+        self.in_flight += 1
         streaming = False
         try:
             body = await read_body(request, self._settings.max_body_bytes)
@@ -105,6 +122,7 @@ class Serving:
             _describe(call, parsed, chat)
             timeout = timeout_of(request, self._settings.default_timeout_s, self._settings.max_timeout_s)
             grpc_request = _to_grpc(parsed, call.request_id)
+            grpc_request.idempotency_key = idempotency_key_of(request)
             call.client_span, metadata = start_client_span(BACKEND_GENERATE, self._settings.backend_target)
             rpc = self._backend.stub.Generate(grpc_request, timeout=timeout, metadata=metadata)
             if parsed.stream:
@@ -125,6 +143,7 @@ class Serving:
         finally:
             if not streaming:
                 self._metrics.in_flight.dec()
+                self.in_flight -= 1
 
     # -- non-streamed -------------------------------------------------------------------------
 
@@ -247,6 +266,7 @@ class Serving:
         finally:
             rpc.cancel()
             metrics.in_flight.dec()
+            self.in_flight -= 1
             self._finish(call, code, 200)
 
     # -- bookkeeping --------------------------------------------------------------------------

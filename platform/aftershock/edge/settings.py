@@ -22,6 +22,9 @@ class EdgeSettings(BaseSettings):
     # How long /v1/models and the model-name label set are cached.
     models_cache_s: float = Field(2.0, ge=0)
     readiness_timeout_s: float = Field(1.0, gt=0)
+    # Load shedding: completions beyond this many in flight get 429 + Retry-After at once.
+    max_in_flight: int = Field(1024, gt=0)
+    shed_retry_after_s: float = Field(1.0, gt=0)
 
     shutdown_grace_s: float = Field(30.0, ge=0)
     log_level: str = "INFO"

@@ -46,6 +46,7 @@ class InferenceService:
         self.registry = registry
         self.hop_metrics = HopMetrics("inference", registry)
         self._server: RunningServer | None = None
+        self._status: StatusInterceptor | None = None
 
     @property
     def port(self) -> int:
@@ -56,12 +57,13 @@ class InferenceService:
         await self.engine.start()
         names = {m.name for m in self.engine.models()}
         servicer = InferenceServicer(self.engine, self.settings.replica_name)
+        self._status = StatusInterceptor(self.hop_metrics, lambda: names)
         self._server = await start_server(
             host=self.settings.host,
             port=self.settings.port,
             register=lambda s: inference_pb2_grpc.add_InferenceServicer_to_server(servicer, s),
             service_names=(SERVICE_NAME,),
-            interceptors=(StatusInterceptor(self.hop_metrics, lambda: names),),
+            interceptors=(self._status,),
         )
         log.info(
             "inference serving",
@@ -70,7 +72,11 @@ class InferenceService:
 
     async def stop(self, grace_s: float | None = None) -> None:
         if self._server is not None:
-            await self._server.shutdown(self.settings.shutdown_grace_s if grace_s is None else grace_s)
+            status = self._status
+            await self._server.shutdown(
+                self.settings.shutdown_grace_s if grace_s is None else grace_s,
+                busy=lambda: status.active if status is not None else 0,
+            )
         await self.engine.stop()
 
 

@@ -34,6 +34,8 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, metrics: HopMetrics, known_models: Callable[[], Container[str]]) -> None:
         self._metrics = metrics
         self._known_models = known_models
+        # Streaming calls in progress, for graceful shutdown.
+        self.active = 0
 
     def _model_label(self, request: Any) -> str:
         model = getattr(request, "model", "")
@@ -70,6 +72,7 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
             model = self._model_label(request)
             code = "OK"
             metrics.in_flight.inc()
+            self.active += 1
             span = start_server_span(method, context.invocation_metadata())
             try:
                 with trace.use_span(span, end_on_exit=False):
@@ -90,6 +93,7 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
                 await context.abort(grpc.StatusCode.INTERNAL, "Internal error.")
             finally:
                 metrics.in_flight.dec()
+                self.active -= 1
                 metrics.requests_total.labels(metrics.service, model, code).inc()
                 trace_id = trace_id_of(span)
                 metrics.request_duration_seconds.labels(

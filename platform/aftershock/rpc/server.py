@@ -37,10 +37,21 @@ class RunningServer:
         for name in ("", *self.service_names):
             await self.health.set(name, status)
 
-    async def shutdown(self, grace_s: float) -> None:
-        """NOT_SERVING first so routers stop sending, then refuse new RPCs and drain in-flight ones."""
+    async def shutdown(self, grace_s: float, busy: Callable[[], int] = lambda: 0) -> None:
+        """NOT_SERVING first so routers stop sending, then refuse new RPCs and drain in-flight ones.
+
+        `busy` counts the requests worth waiting for: long-lived streams such as a router's health
+        Watch would otherwise hold the process for the whole grace period, so once the real work
+        has drained the rest is cancelled.
+        """
         await self.set_serving(False)
-        await self.server.stop(grace_s)
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.ensure_future(self.server.stop(grace_s))
+        deadline = loop.time() + grace_s
+        while busy() and loop.time() < deadline and not stopping.done():
+            await asyncio.sleep(0.05)
+        await self.server.stop(0)
+        await stopping
 
 
 async def start_server(

@@ -1,0 +1,114 @@
+"""Circuit breakers on pybreaker, for asyncio code.
+
+pybreaker has no asyncio support, and its decorator counts an un-awaited coroutine as a success, so
+it is only ever used as `with breaker.calling(): await ...` (its context manager sees the awaited
+outcome). Two gaps are filled here, thinly: pybreaker's half-open state lets every call through,
+where we admit a bounded number of trial calls; and routing needs to ask "would you admit a call?"
+without making one. State changes become metrics and span events through a pybreaker listener.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pybreaker
+from opentelemetry import trace
+
+from aftershock import errors
+from aftershock.metrics import BackendMetrics
+
+log = logging.getLogger(__name__)
+
+STATE_VALUE = {pybreaker.STATE_CLOSED: 0, pybreaker.STATE_OPEN: 1, pybreaker.STATE_HALF_OPEN: 2}
+
+
+class _Observer(pybreaker.CircuitBreakerListener):
+    def __init__(self, target: str, metrics: BackendMetrics | None) -> None:
+        self.target = target
+        self.metrics = metrics
+
+    def state_change(self, cb: pybreaker.CircuitBreaker, old_state: Any, new_state: Any) -> None:
+        old = old_state.name if old_state is not None else "none"
+        new = new_state.name
+        log.warning("breaker state changed", extra={"target": self.target, "from": old, "to": new})
+        trace.get_current_span().add_event("breaker.state_change", {"target": self.target, "from": old, "to": new})
+        if self.metrics is not None:
+            self.metrics.breaker_state.labels(self.target).set(STATE_VALUE[new])
+            self.metrics.breaker_transitions_total.labels(self.target, new).inc()
+
+
+class Breaker:
+    """One downstream target's breaker: `with breaker.calling(): await work()`.
+
+    `is_failure(exc)` decides what counts: only system failures may trip a breaker (a client's bad
+    request or a cancelled call never does).
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        fail_max: int,
+        reset_timeout_s: float,
+        half_open_max_calls: int,
+        is_failure: Callable[[BaseException], bool],
+        metrics: BackendMetrics | None = None,
+    ) -> None:
+        self.target = target
+        self.half_open_max_calls = half_open_max_calls
+        self._trials = 0
+        self._breaker = pybreaker.CircuitBreaker(
+            fail_max=fail_max,
+            reset_timeout=reset_timeout_s,
+            exclude=[lambda exc: not is_failure(exc)],
+            listeners=[_Observer(target, metrics)],
+            name=target,
+            # Keep the original error: callers map it to a status and may retry elsewhere.
+            throw_new_error_on_trip=False,
+        )
+        if metrics is not None:
+            metrics.breaker_state.labels(target).set(0)
+
+    @property
+    def state(self) -> str:
+        return str(self._breaker.current_state)
+
+    def admits(self) -> bool:
+        """Would a call be let through now? (Routing skips a replica whose breaker would refuse.)"""
+        state = self._breaker.current_state
+        if state == pybreaker.STATE_OPEN:
+            opened_at = self._breaker._state_storage.opened_at
+            timeout = timedelta(seconds=self._breaker.reset_timeout)
+            return opened_at is None or datetime.now(UTC) >= opened_at + timeout
+        if state == pybreaker.STATE_HALF_OPEN:
+            return self._trials < self.half_open_max_calls
+        return True
+
+    @contextlib.contextmanager
+    def calling(self) -> Iterator[None]:
+        """Guard one call; raises errors.Unavailable when the breaker refuses it."""
+        if not self.admits():
+            raise errors.Unavailable(
+                f"Circuit breaker for {self.target} is open.",
+                error_type="circuit_open",
+                retry_after_s=self._breaker.reset_timeout,
+            )
+        trial = self._breaker.current_state != pybreaker.STATE_CLOSED
+        if trial:
+            self._trials += 1
+        try:
+            with self._breaker.calling():
+                yield
+        except pybreaker.CircuitBreakerError:
+            raise errors.Unavailable(
+                f"Circuit breaker for {self.target} is open.",
+                error_type="circuit_open",
+                retry_after_s=self._breaker.reset_timeout,
+            ) from None
+        finally:
+            if trial:
+                self._trials -= 1

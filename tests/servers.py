@@ -75,3 +75,58 @@ def start_redis() -> RedisServer:
     server = RedisServer(free_port(), Path(tempfile.mkdtemp(prefix="aftershock-redis-")))
     server.start()
     return server
+
+
+@dataclass
+class PrometheusServer:
+    """A real Prometheus (Debian's package) scraping the given targets every second."""
+
+    port: int
+    dir: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, jobs: dict[str, list[str]], rule_files: list[Path]) -> None:
+        import yaml
+
+        binary = shutil.which("prometheus")
+        assert binary, "prometheus is missing: run scripts/setup.sh"
+        config = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(p) for p in rule_files],
+            "scrape_configs": [
+                {"job_name": job, "static_configs": [{"targets": targets}]} for job, targets in jobs.items()
+            ],
+        }
+        path = self.dir / "prometheus.yml"
+        path.write_text(yaml.safe_dump(config))
+        log = open(self.dir / "prometheus.log", "wb")  # noqa: SIM115 - lives as long as the process
+        self.proc = subprocess.Popen(
+            [binary, f"--config.file={path}", f"--storage.tsdb.path={self.dir / 'data'}",
+             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
+            stdout=log, stderr=log,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                assert self.proc.poll() is None, (self.dir / "prometheus.log").read_text()
+                time.sleep(0.1)
+        raise RuntimeError("prometheus did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(15)
+        self.proc = None
+
+
+def start_prometheus(jobs: dict[str, list[str]], rule_files: list[Path]) -> PrometheusServer:
+    server = PrometheusServer(free_port(), Path(tempfile.mkdtemp(prefix="aftershock-prometheus-")))
+    server.start(jobs, rule_files)
+    return server

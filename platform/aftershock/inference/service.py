@@ -7,6 +7,7 @@ import logging
 
 from prometheus_client import CollectorRegistry
 
+from aftershock.gpu import start_gpu_sampler
 from aftershock.inference.engine import Engine
 from aftershock.inference.servicer import InferenceServicer
 from aftershock.inference.settings import InferenceSettings
@@ -86,6 +87,8 @@ async def run(settings: InferenceSettings) -> None:
     registry = new_registry()
     service = InferenceService(settings, build_engine(settings, registry), registry)
     await service.start()
+    gpus = start_gpu_sampler(registry)
+    log.info("gpu metrics", extra={"nvml": gpus is not None})
     start_metrics_server(settings.metrics_port, settings.host, registry)
     stop = asyncio.Event()
     install_stop_signals(stop)

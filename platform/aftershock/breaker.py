@@ -70,8 +70,14 @@ class Breaker:
             # Keep the original error: callers map it to a status and may retry elsewhere.
             throw_new_error_on_trip=False,
         )
+        self._metrics = metrics
         if metrics is not None:
             metrics.breaker_state.labels(target).set(0)
+
+    def forget(self) -> None:
+        """The target is gone from the configuration: stop exporting its state."""
+        if self._metrics is not None:
+            self._metrics.breaker_state.remove(self.target)
 
     @property
     def state(self) -> str:

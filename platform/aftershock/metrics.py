@@ -66,6 +66,13 @@ class HopMetrics:
             ["service", "model"],
             registry=registry,
         )
+        self.redis_up = Gauge(
+            "aftershock_redis_up",
+            "1 when the last Redis call of this client succeeded, else 0 (dedupe and rate limits then "
+            "fail open). Absent when the service has no Redis configured.",
+            ["client"],
+            registry=registry,
+        )
         self.in_flight = self.in_flight_requests.labels(service)
 
 
@@ -147,11 +154,6 @@ class BackendMetrics(HopMetrics):
             "aftershock_dedupe_requests",
             "Keyed requests by dedupe outcome: claimed, joined, replayed, taken_over, conflict, bypassed.",
             ["outcome"],
-            registry=registry,
-        )
-        self.redis_up = Gauge(
-            "aftershock_redis_up",
-            "1 when the last Redis call succeeded, else 0 (dedupe then fails open).",
             registry=registry,
         )
         self.registry_fallback = Gauge(

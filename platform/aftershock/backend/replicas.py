@@ -84,6 +84,7 @@ class ReplicaPool:
         self._retry_min_s = retry_min_s
         self._retry_max_s = retry_max_s
         self.replicas: dict[str, Replica] = {}
+        self._published: set[tuple[str, str]] = set()
         self._config = RegistryConfig()
         self._changed = asyncio.Event()
 
@@ -98,6 +99,7 @@ class ReplicaPool:
             old = self.replicas[name]
             if name not in wanted or wanted[name].address != old.address:
                 del self.replicas[name]
+                old.breaker.forget()
                 await old.close()
         for name, rc in wanted.items():
             if name not in self.replicas:
@@ -107,11 +109,17 @@ class ReplicaPool:
         self._publish()
 
     def _publish(self) -> None:
+        gauge = self._metrics.replica_healthy
+        current: set[tuple[str, str]] = set()
         for route in self._config.models:
             for name in route.replicas:
                 replica = self.replicas.get(name)
-                up = 1 if replica is not None and replica.healthy else 0
-                self._metrics.replica_healthy.labels(route.name, name).set(up)
+                gauge.labels(route.name, name).set(1 if replica is not None and replica.healthy else 0)
+                current.add((route.name, name))
+        # A route removed from the registry must not keep reporting a replica as down.
+        for stale in self._published - current:
+            gauge.remove(*stale)
+        self._published = current
 
     def _set_health(self, replica: Replica, healthy: bool) -> None:
         if replica.healthy != healthy:

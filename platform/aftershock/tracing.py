@@ -13,7 +13,7 @@ import os
 from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import Span
 
 # OpenTelemetry GenAI semantic-convention attribute names.
@@ -53,11 +53,23 @@ def configure_tracing(service: str) -> None:
     resource = Resource.create({SERVICE_NAME: name, "service.namespace": "aftershock"})
     provider = TracerProvider(resource=resource)
     if exporting():
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        provider.add_span_processor(BatchSpanProcessor(_exporter()))
     trace.set_tracer_provider(provider)
     _configured = True
+
+
+def _exporter() -> SpanExporter:
+    """OTLP over gRPC by default, or http/protobuf when OTEL_EXPORTER_OTLP(_TRACES)_PROTOCOL says so."""
+    protocol = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"
+    )
+    if protocol == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+
+        return HttpExporter()
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+
+    return GrpcExporter()
 
 
 def trace_id_of(span: Span) -> str | None:

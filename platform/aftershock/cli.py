@@ -30,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--replicas", type=int, default=2, help="inference replicas (sim engine)")
     up.add_argument("--models-file", type=Path, help="sim models YAML for every replica")
     up.add_argument("--ready-timeout", type=float, default=60.0)
+    up.add_argument("--chaos", action="store_true", help="put a fault proxy (Toxiproxy API) on every hop")
 
     inf = sub.add_parser("inference", help="run the inference service")
     _common(inf)
@@ -86,5 +87,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             replicas=args.replicas,
             models_file=args.models_file,
             ready_timeout_s=args.ready_timeout,
+            chaos=args.chaos,
         )
     )

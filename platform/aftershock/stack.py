@@ -18,6 +18,8 @@ from typing import IO
 import httpx
 import yaml
 
+from aftershock.chaos import topology
+from aftershock.chaos.topology import Proxy
 from aftershock.ports import free_port
 
 
@@ -32,6 +34,8 @@ class StackConfig:
     # Where service logs go; None inherits this process's stderr.
     log_dir: Path | None = None
     shutdown_grace_s: float = 10.0
+    # Put a fault proxy (Toxiproxy API) on every hop: edge->backend and backend->each replica.
+    chaos: bool = False
 
 
 @dataclass
@@ -52,6 +56,8 @@ class Stack:
         self.inference: list[Proc] = []
         self.backend: Proc | None = None
         self.edge: Proc | None = None
+        self.toxiproxy: Proc | None = None
+        self.proxies: dict[str, Proxy] = {}
         self._tmp = tempfile.TemporaryDirectory(prefix="aftershock-stack-")
         self.registry_file = Path(self._tmp.name) / "registry.yaml"
 
@@ -67,8 +73,15 @@ class Stack:
         assert self.backend is not None
         return f"{self.config.host}:{self.backend.port}"
 
+    @property
+    def toxiproxy_url(self) -> str:
+        assert self.toxiproxy is not None
+        return f"http://{self.config.host}:{self.toxiproxy.port}"
+
     def procs(self) -> list[Proc]:
+        """In start order: the fault proxy first, then the path from inference up to the edge."""
         return [
+            *([self.toxiproxy] if self.toxiproxy else []),
             *self.inference,
             *([self.backend] if self.backend else []),
             *([self.edge] if self.edge else []),
@@ -110,12 +123,29 @@ class Stack:
             self.inference.append(proc)
         return proc
 
+    def _through_proxy(self, name: str, port: int) -> str:
+        """The address a client should dial: the real one, or the fault proxy's in chaos mode."""
+        host = self.config.host
+        if not self.config.chaos:
+            return f"{host}:{port}"
+        proxy = Proxy(name, f"{host}:{free_port()}", f"{host}:{port}")
+        self.proxies[name] = proxy
+        resp = httpx.post(f"{self.toxiproxy_url}/populate", json=[proxy.as_toxiproxy()], timeout=5)
+        resp.raise_for_status()
+        return proxy.listen
+
     def write_registry(self, models: list[str]) -> None:
-        replicas = [{"name": p.name, "address": f"{self.config.host}:{p.port}"} for p in self.inference]
+        replicas = [
+            {"name": p.name, "address": self._through_proxy(topology.backend_inference(i), p.port)}
+            for i, p in enumerate(self.inference)
+        ]
         routes = [{"name": m, "replicas": [p.name for p in self.inference]} for m in models]
         self.registry_file.write_text(yaml.safe_dump({"replicas": replicas, "models": routes}))
 
     def start(self, models: list[str] | None = None, ready_timeout_s: float = 60.0) -> None:
+        if self.config.chaos:
+            self.toxiproxy = self._spawn("toxiproxy", "toxiproxy", [], free_port(), free_port())
+            self._wait_http(f"{self.toxiproxy_url}/version", 20.0)
         for i in range(self.config.replicas):
             self.start_inference(i)
         self.write_registry(models or self._model_names())
@@ -136,6 +166,16 @@ class Stack:
 
         settings = InferenceSettings(models_file=self.config.models_file)
         return [m.name for m in settings.resolved_sim_models()]
+
+    def _wait_http(self, url: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url, timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise TimeoutError(f"{url} did not answer in {timeout_s}s")
 
     def wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

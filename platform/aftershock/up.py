@@ -22,6 +22,7 @@ class StackOptions:
     replicas: int = 2
     models_file: Path | None = None
     ready_timeout_s: float = 60.0
+    chaos: bool = False
 
 
 def run_stack(options: StackOptions) -> int:
@@ -49,6 +50,10 @@ def run_stack(options: StackOptions) -> int:
     lines.append(f"  backend    grpc {stack.backend.port}  metrics {stack.backend.metrics_port}")
     for p in stack.inference:
         lines.append(f"  {p.name:<10} grpc {p.port}  metrics {p.metrics_port}")
+    if stack.toxiproxy is not None:
+        lines.append(f"  fault proxy (Toxiproxy API) {stack.toxiproxy_url}  metrics {stack.toxiproxy.metrics_port}")
+        for proxy in stack.proxies.values():
+            lines.append(f"    {proxy.name:<22} {proxy.listen} -> {proxy.upstream}")
     print("\n".join(lines), flush=True)
     code = 0
     while not stopping:

@@ -1,0 +1,1 @@
+"""Chaos: the fault-proxy topology of a stack (and, later, drills)."""

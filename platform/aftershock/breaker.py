@@ -35,7 +35,9 @@ class _Observer(pybreaker.CircuitBreakerListener):
         old = old_state.name if old_state is not None else "none"
         new = new_state.name
         log.warning("breaker state changed", extra={"target": self.target, "from": old, "to": new})
-        trace.get_current_span().add_event("breaker.state_change", {"target": self.target, "from": old, "to": new})
+        trace.get_current_span().add_event(
+            "breaker.state_change", {"target": self.target, "from": old, "to": new}
+        )
         if self.metrics is not None:
             self.metrics.breaker_state.labels(self.target).set(STATE_VALUE[new])
             self.metrics.breaker_transitions_total.labels(self.target, new).inc()

@@ -51,7 +51,9 @@ def run_stack(options: StackOptions) -> int:
     for p in stack.inference:
         lines.append(f"  {p.name:<10} grpc {p.port}  metrics {p.metrics_port}")
     if stack.toxiproxy is not None:
-        lines.append(f"  fault proxy (Toxiproxy API) {stack.toxiproxy_url}  metrics {stack.toxiproxy.metrics_port}")
+        lines.append(
+            f"  fault proxy (Toxiproxy API) {stack.toxiproxy_url}  metrics {stack.toxiproxy.metrics_port}"
+        )
         for proxy in stack.proxies.values():
             lines.append(f"    {proxy.name:<22} {proxy.listen} -> {proxy.upstream}")
     print("\n".join(lines), flush=True)

@@ -28,7 +28,9 @@ from aftershock_dashboards.queries import iter_queries  # noqa: E402
 
 
 def _alert_rules() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("aftershock_alert_rules", TESTS / "alerts" / "alert_rules.py")
+    spec = importlib.util.spec_from_file_location(
+        "aftershock_alert_rules", TESTS / "alerts" / "alert_rules.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -31,8 +31,13 @@ BACKEND_ENV = {
 
 
 def _stack(name: str, models: Path, **env: dict[str, str]) -> Stack:
-    merged = {"backend": {**BACKEND_ENV, **env.get("backend", {})}, **{k: v for k, v in env.items() if k != "backend"}}
-    return Stack(StackConfig(replicas=2, models_file=models, log_dir=ARTIFACTS / name, shutdown_grace_s=10, env=merged))
+    merged = {
+        "backend": {**BACKEND_ENV, **env.get("backend", {})},
+        **{k: v for k, v in env.items() if k != "backend"},
+    }
+    return Stack(
+        StackConfig(replicas=2, models_file=models, log_dir=ARTIFACTS / name, shutdown_grace_s=10, env=merged)
+    )
 
 
 @pytest.fixture
@@ -68,7 +73,8 @@ async def _stream(client: httpx.AsyncClient, url: str, body: dict[str, object]) 
 async def test_replica_killed_mid_load_deterministic_streams_complete(fresh_stack: Stack) -> None:
     url = f"{fresh_stack.edge_url}/v1/completions"
     bodies = [
-        {"model": "sim-slow", "prompt": f"story {i}", "max_tokens": 60, "seed": i, "stream": True} for i in range(20)
+        {"model": "sim-slow", "prompt": f"story {i}", "max_tokens": 60, "seed": i, "stream": True}
+        for i in range(20)
     ]
     async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=40)) as client:
         tasks = [asyncio.create_task(_stream(client, url, b)) for b in bodies]
@@ -105,7 +111,9 @@ async def test_frozen_replica_opens_its_breaker_then_closes_after_recovery(fresh
     url = f"{fresh_stack.edge_url}/v1/completions"
     async with httpx.AsyncClient(timeout=30) as client:
         for i in range(12):
-            resp = await client.post(url, json={"model": "sim-fast", "prompt": f"p{i}", "max_tokens": 2, "seed": i})
+            resp = await client.post(
+                url, json={"model": "sim-fast", "prompt": f"p{i}", "max_tokens": 2, "seed": i}
+            )
             assert resp.status_code == 200, resp.text  # retried on the healthy replica
         samples = scrape(fresh_stack.backend.metrics_port)  # type: ignore[union-attr]
         assert metric(samples, "aftershock_breaker_state", target=target) == 1
@@ -130,7 +138,10 @@ async def test_all_replicas_down_fails_fast_without_a_retry_storm(fresh_stack: S
     async with httpx.AsyncClient(timeout=30) as client:
         started = time.monotonic()
         resps = await asyncio.gather(
-            *(client.post(url, json={"model": "sim-fast", "prompt": f"x{i}", "max_tokens": 2}) for i in range(60))
+            *(
+                client.post(url, json={"model": "sim-fast", "prompt": f"x{i}", "max_tokens": 2})
+                for i in range(60)
+            )
         )
         elapsed = time.monotonic() - started
     assert {r.status_code for r in resps} == {503}
@@ -191,8 +202,11 @@ async def test_sigterm_drains_open_streams_then_exits_zero(e2e_models_file: Path
         async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=40)) as client:
             tasks = [
                 asyncio.create_task(
-                    _stream(client, url, {"model": "sim-slow", "prompt": f"d{i}", "max_tokens": 50, "seed": i,
-                                          "stream": True})
+                    _stream(
+                        client,
+                        url,
+                        {"model": "sim-slow", "prompt": f"d{i}", "max_tokens": 50, "seed": i, "stream": True},
+                    )
                 )
                 for i in range(20)
             ]

@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import logging
 
+from opentelemetry.instrumentation.redis import RedisInstrumentor
 from prometheus_client import CollectorRegistry
 
+from aftershock.backend.dedupe import Dedupe
 from aftershock.backend.registry import ModelRegistry
 from aftershock.backend.replicas import ReplicaPool
 from aftershock.backend.router import Router
@@ -30,8 +32,12 @@ class BackendService:
         self.registry = registry if registry is not None else new_registry()
         self.metrics = BackendMetrics(self.registry)
         self.models = ModelRegistry(settings.registry_file, settings.fallback_catalogue, self.metrics)
-        self.pool = ReplicaPool(self.metrics, breaker=settings.breaker_config(), is_failure=is_replica_failure)
+        self.pool = ReplicaPool(
+            self.metrics, breaker=settings.breaker_config(), is_failure=is_replica_failure
+        )
         self.router = Router(self.models, self.pool)
+        dedupe_config = settings.dedupe_config()
+        self.dedupe = Dedupe(dedupe_config, self.metrics) if dedupe_config is not None else None
         self._server: RunningServer | None = None
         self._status: StatusInterceptor | None = None
         self._reloader: asyncio.Task[None] | None = None
@@ -42,6 +48,10 @@ class BackendService:
         return self._server.port
 
     async def start(self) -> None:
+        if self.dedupe is not None:
+            # Redis calls become child spans of the request (and are counted there).
+            RedisInstrumentor().instrument()
+            await self.dedupe.start()
         await self.pool.apply(self.models.config)
         self._status = StatusInterceptor(self.metrics, self.models.model_names)
         servicer = BackendServicer(
@@ -51,6 +61,8 @@ class BackendService:
             self.metrics,
             retry=self.settings.retry_config(),
             max_in_flight=self.settings.max_in_flight,
+            dedupe=self.dedupe,
+            dedupe_content_hash=self.settings.dedupe_content_hash,
         )
         self._server = await start_server(
             host=self.settings.host,
@@ -80,6 +92,8 @@ class BackendService:
                 busy=lambda: status.active if status is not None else 0,
             )
         await self.pool.close()
+        if self.dedupe is not None:
+            await self.dedupe.close()
 
 
 async def run(settings: BackendSettings) -> None:

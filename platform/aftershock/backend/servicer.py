@@ -11,16 +11,18 @@ on another replica, skipping the text already delivered, so the caller sees one 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import grpc
 from opentelemetry import trace
 
 from aftershock import errors
+from aftershock.backend.dedupe import Dedupe, content_key, fingerprint
 from aftershock.backend.registry import ModelRegistry
 from aftershock.backend.replicas import Replica, ReplicaPool
 from aftershock.backend.retry import RETRYABLE, RetryBudget, RetryConfig, backoff_s
@@ -111,6 +113,8 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
         *,
         retry: RetryConfig | None = None,
         max_in_flight: int = 1024,
+        dedupe: Dedupe | None = None,
+        dedupe_content_hash: bool = False,
         clock: Clock = SYSTEM_CLOCK,
         rng: random.Random | None = None,
     ) -> None:
@@ -123,9 +127,11 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
         self._clock = clock
         self._rng = rng or random.Random()
         self._max_in_flight = max_in_flight
+        self._dedupe = dedupe
+        self._dedupe_content_hash = dedupe_content_hash
         self.in_flight = 0
 
-    async def Generate(  # noqa: N802 - gRPC method name
+    async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.GenerateResponse]:
         request_id_var.set(request.request_id)
@@ -148,12 +154,34 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
         deadline = time.monotonic() + remaining if remaining is not None else None
         self.in_flight += 1
         try:
-            async for msg in self.relay(request, deadline):
-                yield msg
+            source = self._source(request, deadline)
+            async with contextlib.aclosing(source):
+                async for msg in source:
+                    yield msg
         finally:
             self.in_flight -= 1
 
-    async def relay(self, request: pb.GenerateRequest, deadline: float | None) -> AsyncIterator[pb.GenerateResponse]:
+    def _source(
+        self, request: pb.GenerateRequest, deadline: float | None
+    ) -> AsyncGenerator[pb.GenerateResponse, None]:
+        """The relay itself, or the relay behind dedupe when the request has a key."""
+        key = request.idempotency_key
+        if not key and self._dedupe_content_hash and is_deterministic(request):
+            key = content_key(request)
+        if self._dedupe is None or not key:
+            return self.relay(request, deadline)
+        self._router.replicas_of(request.model)  # an unknown model is NOT_FOUND, never cached
+        return self._dedupe.serve(  # type: ignore[return-value]  # an async generator function
+            key,
+            fingerprint(request),
+            lambda: self.relay(request, deadline),
+            stream=request.stream,
+            resumable=is_deterministic(request),
+        )
+
+    async def relay(
+        self, request: pb.GenerateRequest, deadline: float | None
+    ) -> AsyncGenerator[pb.GenerateResponse, None]:
         model = request.model
         self._router.replicas_of(model)  # NOT_FOUND for an unknown model
         self._budget.record_request()
@@ -199,7 +227,9 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
                 if delivered and not deterministic:
                     # Another replica would generate different text: the caller gets an error event.
                     self._metrics.failovers_total.labels(model, "mid_stream", "not_deterministic").inc()
-                    span.add_event("failover.refused", {"replica": replica.name, "reason": "not deterministic"})
+                    span.add_event(
+                        "failover.refused", {"replica": replica.name, "reason": "not deterministic"}
+                    )
                     raise final from None
                 if not self._budget.try_acquire():
                     self._metrics.retry_budget_exhausted_total.labels(model).inc()
@@ -212,8 +242,13 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
                 self._metrics.failovers_total.labels(model, phase, "attempted").inc()
                 span.add_event(
                     "retry",
-                    {"attempt": attempt, "code": code.name, "from_replica": replica.name, "phase": phase,
-                     "delivered_chars": delivered},
+                    {
+                        "attempt": attempt,
+                        "code": code.name,
+                        "from_replica": replica.name,
+                        "phase": phase,
+                        "delivered_chars": delivered,
+                    },
                 )
                 log.warning(
                     "try failed, retrying",
@@ -243,8 +278,10 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
         call = replica.stub.Generate(request, timeout=remaining, metadata=metadata)
         replica.in_flight += 1
         code = "OK"
-        first_within = self._retry.per_try_timeout_s if remaining is None else min(
-            self._retry.per_try_timeout_s, remaining
+        first_within = (
+            self._retry.per_try_timeout_s
+            if remaining is None
+            else min(self._retry.per_try_timeout_s, remaining)
         )
         try:
             messages = call.__aiter__()
@@ -273,14 +310,16 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
             self._metrics.upstream_requests_total.labels(replica.name, code).inc()
             end_span(span, code)
 
-    async def ListModels(  # noqa: N802 - gRPC method name
+    async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListModelsResponse:
         out = []
         for route in self._registry.config.models:
             replicas = [r for n in route.replicas if (r := self._pool.get(n)) is not None]
             ready = [r for r in replicas if r.healthy]
-            info = pb.ModelInfo(name=route.name, total_replicas=len(route.replicas), ready_replicas=len(ready))
+            info = pb.ModelInfo(
+                name=route.name, total_replicas=len(route.replicas), ready_replicas=len(ready)
+            )
             learned = next((r.models[route.name] for r in ready if route.name in r.models), None)
             if learned is not None:
                 info.max_model_len = learned.max_model_len

@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from aftershock.backend.dedupe import DedupeConfig
 from aftershock.backend.registry import ModelRoute, RegistryConfig, ReplicaConfig
 from aftershock.backend.replicas import BreakerConfig
 from aftershock.backend.retry import RetryConfig
@@ -52,8 +53,14 @@ class BackendSettings(BaseSettings):
     retry_budget_min_per_s: float = Field(5.0, ge=0)
     retry_budget_window_s: float = Field(10.0, gt=0)
 
-    # Redis for dedupe; unset switches dedupe off.
+    # Redis for dedupe; unset switches dedupe off (Idempotency-Key is then ignored).
     redis_url: str | None = None
+    # Also dedupe deterministic (seeded or greedy) requests without a key, by content hash.
+    dedupe_content_hash: bool = False
+    dedupe_lease_ms: int = Field(10_000, gt=0)
+    dedupe_renew_every_ms: int = Field(3_000, gt=0)
+    dedupe_result_ttl_s: float = Field(300.0, gt=0)
+    dedupe_redis_timeout_s: float = Field(0.25, gt=0)
 
     shutdown_grace_s: float = Field(30.0, ge=0)
     log_level: str = "INFO"
@@ -75,4 +82,16 @@ class BackendSettings(BaseSettings):
             fail_max=self.breaker_fail_max,
             reset_timeout_s=self.breaker_reset_timeout_s,
             half_open_max_calls=self.breaker_half_open_max_calls,
+        )
+
+    def dedupe_config(self) -> DedupeConfig | None:
+        if not self.redis_url:
+            return None
+        return DedupeConfig(
+            redis_url=self.redis_url,
+            lease_ms=self.dedupe_lease_ms,
+            renew_every_ms=self.dedupe_renew_every_ms,
+            result_ttl_s=self.dedupe_result_ttl_s,
+            socket_timeout_s=self.dedupe_redis_timeout_s,
+            socket_connect_timeout_s=self.dedupe_redis_timeout_s,
         )

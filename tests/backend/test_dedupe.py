@@ -1,0 +1,416 @@
+"""Dedupe against a real redis-server: claim/join/replay, conflicts, lost owners and a Redis outage."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import pytest
+from aftershock import errors
+from aftershock.backend.dedupe import (
+    Bypass,
+    Claim,
+    Dedupe,
+    DedupeConfig,
+    Join,
+    OwnerLost,
+    Replay,
+    content_key,
+    fingerprint,
+)
+from aftershock.metrics import BackendMetrics
+from aftershock.v1 import generation_pb2 as pb
+from prometheus_client import CollectorRegistry
+
+from tests.servers import RedisServer
+
+LEASE_MS = 400
+
+
+def config(url: str, **overrides: object) -> DedupeConfig:
+    base = DedupeConfig(
+        redis_url=url,
+        key_prefix=f"test:{uuid.uuid4().hex[:8]}:",
+        lease_ms=LEASE_MS,
+        renew_every_ms=100,
+        result_ttl_s=0.6,
+        join_poll_ms=50,
+        socket_timeout_s=0.3,
+        socket_connect_timeout_s=0.3,
+        breaker_fail_max=3,
+        breaker_reset_timeout_s=0.5,
+        probe_every_s=0,
+    )
+    return replace(base, **overrides)  # type: ignore[arg-type]
+
+
+class Harness:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.registry = CollectorRegistry()
+        self.metrics = BackendMetrics(self.registry)
+        self.instances: list[Dedupe] = []
+        self.prefix = f"test:{uuid.uuid4().hex[:8]}:"
+
+    def make(self, **overrides: object) -> Dedupe:
+        """A Dedupe instance (a backend process, as far as Redis can tell) sharing this test's keys."""
+        d = Dedupe(config(self.url, key_prefix=self.prefix, **overrides), self.metrics)
+        self.instances.append(d)
+        return d
+
+    def outcome(self, name: str) -> float:
+        v = self.registry.get_sample_value("aftershock_dedupe_requests_total", {"outcome": name})
+        return v or 0.0
+
+    def sample(self, name: str, labels: dict[str, str] | None = None) -> float | None:
+        return self.registry.get_sample_value(name, labels or {})
+
+
+@pytest.fixture
+async def h(redis_url: str) -> AsyncIterator[Harness]:
+    harness = Harness(redis_url)
+    yield harness
+    for d in harness.instances:
+        await d.close()
+
+
+def request(prompt: str = "hello", **kw: object) -> pb.GenerateRequest:
+    return pb.GenerateRequest(
+        request_id=uuid.uuid4().hex,
+        model="sim-small",
+        prompt=prompt,
+        sampling=pb.SamplingParams(max_tokens=8, seed=7),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def script(n: int = 6, prefix: str = "t") -> list[pb.GenerateResponse]:
+    """A generation: n messages, the last one carrying the finish reason."""
+    out = []
+    for i in range(n):
+        msg = pb.GenerateResponse(
+            tokens=[f"{prefix}{i} ", "x"], prompt_tokens=3, completion_tokens=2 * (i + 1)
+        )
+        if i == n - 1:
+            msg.finish_reason = pb.FINISH_REASON_STOP
+        out.append(msg)
+    return out
+
+
+def wire(msgs: list[pb.GenerateResponse]) -> list[bytes]:
+    return [m.SerializeToString() for m in msgs]
+
+
+async def drain(it: AsyncIterator[pb.GenerateResponse]) -> list[pb.GenerateResponse]:
+    return [m async for m in it]
+
+
+async def own(
+    claim: Claim, msgs: list[pb.GenerateResponse], gap_s: float = 0.005
+) -> list[pb.GenerateResponse]:
+    for m in msgs:
+        await claim.publish(m)
+        await asyncio.sleep(gap_s)
+    assert await claim.finish()
+    return msgs
+
+
+def test_fingerprint_covers_content_only() -> None:
+    a = request()
+    b = request(stream=True, stream_interval=4, idempotency_key="k")
+    assert a.request_id != b.request_id
+    assert fingerprint(a) == fingerprint(b)
+    assert fingerprint(a) != fingerprint(request("other"))
+    c = request()
+    c.sampling.temperature = 0.5
+    assert fingerprint(a) != fingerprint(c)
+    chat = pb.GenerateRequest(model="sim-small", chat=pb.ChatMessages(messages=[pb.ChatMessage(role="user")]))
+    assert fingerprint(chat) != fingerprint(pb.GenerateRequest(model="sim-small"))
+    assert content_key(a) == content_key(b) != content_key(c)
+
+
+def test_config_is_validated() -> None:
+    with pytest.raises(ValueError):
+        DedupeConfig(lease_ms=1000, renew_every_ms=1000)
+
+
+async def test_fifty_concurrent_begins_generate_once(h: Harness) -> None:
+    d = h.make()
+    outcomes = await asyncio.gather(*(d.begin("k50", "fp") for _ in range(50)))
+    claims = [o for o in outcomes if isinstance(o, Claim)]
+    joins = [o for o in outcomes if isinstance(o, Join)]
+    assert len(claims) == 1 and len(joins) == 49
+    assert not claims[0].taken_over
+    msgs = script(20)
+    results = await asyncio.wait_for(
+        asyncio.gather(own(claims[0], msgs), *(drain(j.messages()) for j in joins)), 10
+    )
+    expected = wire(msgs)
+    assert all(wire(r) == expected for r in results)
+    assert h.outcome("claimed") == 1 and h.outcome("joined") == 49
+
+
+async def test_serve_generates_once_for_fifty_callers(h: Harness) -> None:
+    d = h.make()
+    calls = 0
+
+    async def generate() -> AsyncIterator[pb.GenerateResponse]:
+        nonlocal calls
+        calls += 1
+        for m in script(10):
+            await asyncio.sleep(0.01)
+            yield m
+
+    async def call() -> list[bytes]:
+        return wire(await drain(d.serve("serve50", "fp", generate)))
+
+    results = await asyncio.wait_for(asyncio.gather(*(call() for _ in range(50))), 10)
+    assert calls == 1
+    assert all(r == wire(script(10)) for r in results)
+    # A retry after the stream ended is replayed, not generated.
+    assert wire(await drain(d.serve("serve50", "fp", generate))) == wire(script(10))
+    assert calls == 1 and h.outcome("replayed") == 1
+
+
+async def test_serve_non_streaming_joiner_gets_one_message(h: Harness) -> None:
+    d = h.make()
+    claim = await d.begin("ns", "fp")
+    assert isinstance(claim, Claim)
+    msgs = script(5)
+
+    async def never() -> AsyncIterator[pb.GenerateResponse]:
+        raise AssertionError("a joiner must not generate")
+        yield pb.GenerateResponse()
+
+    joiner = asyncio.create_task(drain(d.serve("ns", "fp", never, stream=False)))
+    await own(claim, msgs)
+    (one,) = await asyncio.wait_for(joiner, 5)
+    assert list(one.tokens) == [t for m in msgs for t in m.tokens]
+    assert one.finish_reason == pb.FINISH_REASON_STOP and one.completion_tokens == msgs[-1].completion_tokens
+
+
+async def test_replay_within_ttl_then_fresh_claim(h: Harness) -> None:
+    d = h.make()
+    claim = await d.begin("r", "fp")
+    assert isinstance(claim, Claim)
+    msgs = await own(claim, script(4))
+    replay = await d.begin("r", "fp")
+    assert isinstance(replay, Replay)
+    assert wire(await drain(replay.messages())) == wire(msgs)
+    assert h.outcome("replayed") == 1
+    await asyncio.sleep(d.config.result_ttl_s + 0.2)
+    again = await d.begin("r", "fp")
+    assert isinstance(again, Claim) and not again.taken_over
+    await again.abandon()
+
+
+async def test_different_fingerprint_conflicts(h: Harness) -> None:
+    d = h.make()
+    claim = await d.begin("c", "fp-a")
+    assert isinstance(claim, Claim)
+    with pytest.raises(errors.AlreadyExists, match="different request body"):
+        await d.begin("c", "fp-b")
+    await own(claim, script(2))
+    with pytest.raises(errors.AlreadyExists):
+        await d.begin("c", "fp-b")  # also against a finished result
+    assert h.outcome("conflict") == 2
+
+
+async def test_abandon_wakes_joiners_and_lets_the_next_claim(h: Harness) -> None:
+    d = h.make()
+    claim = await d.begin("a", "fp")
+    join = await d.begin("a", "fp")
+    assert isinstance(claim, Claim) and isinstance(join, Join)
+    seen: list[pb.GenerateResponse] = []
+
+    async def follow() -> None:
+        async for m in join.messages():
+            seen.append(m)
+
+    follower = asyncio.create_task(follow())
+    await claim.publish(script(3)[0])
+    await asyncio.sleep(0.1)
+    await claim.abandon()
+    with pytest.raises(OwnerLost):
+        # The abandon marker wakes the joiner well before the lease would have lapsed.
+        await asyncio.wait_for(follower, LEASE_MS / 1000 / 2)
+    assert wire(seen) == wire(script(3)[:1])
+    nxt = await d.begin("a", "fp")
+    assert isinstance(nxt, Claim) and not nxt.taken_over
+    await own(nxt, script(2, "n"))
+    replay = await d.begin("a", "fp")
+    assert isinstance(replay, Replay)
+    assert wire(await drain(replay.messages())) == wire(script(2, "n"))
+
+
+async def test_lease_is_renewed_while_the_owner_lives(h: Harness) -> None:
+    d = h.make()
+    claim = await d.begin("slow", "fp")
+    join = await d.begin("slow", "fp")
+    assert isinstance(claim, Claim) and isinstance(join, Join)
+    follower = asyncio.create_task(drain(join.messages()))
+    await asyncio.sleep(3 * LEASE_MS / 1000)  # nothing published: only the renewer keeps it alive
+    assert not follower.done()
+    assert isinstance(await d.begin("slow", "fp"), Join)
+    msgs = await own(claim, script(3))
+    assert wire(await asyncio.wait_for(follower, 2)) == wire(msgs)
+
+
+async def test_dead_owner_is_taken_over(h: Harness) -> None:
+    crashed = h.make()  # another backend process that dies mid-generation
+    d = h.make()
+    claim = await crashed.begin("dead", "fp")
+    assert isinstance(claim, Claim)
+    join = await d.begin("dead", "fp")
+    assert isinstance(join, Join)
+    seen: list[pb.GenerateResponse] = []
+
+    async def follow() -> None:
+        async for m in join.messages():
+            seen.append(m)
+
+    follower = asyncio.create_task(follow())
+    await claim.publish(script(4, "old")[0])
+    await asyncio.sleep(0.05)
+    await crashed.close()  # no finish, no abandon, no more renewals
+    with pytest.raises(OwnerLost):
+        await asyncio.wait_for(follower, 3)
+    assert wire(seen) == wire(script(4, "old")[:1])
+
+    takeover = await d.begin("dead", "fp")
+    assert isinstance(takeover, Claim) and takeover.taken_over
+    assert h.outcome("taken_over") == 1
+    late = await d.begin("dead", "fp")
+    assert isinstance(late, Join)
+    late_msgs = asyncio.create_task(drain(late.messages()))
+    fresh = await own(takeover, script(3, "new"))
+    # Joiners and replays see only the new generation.
+    assert wire(await asyncio.wait_for(late_msgs, 2)) == wire(fresh)
+    replay = await d.begin("dead", "fp")
+    assert isinstance(replay, Replay)
+    assert wire(await drain(replay.messages())) == wire(fresh)
+
+
+async def test_cancelled_owner_abandons_and_a_joiner_regenerates(h: Harness) -> None:
+    d = h.make()
+    started = asyncio.Event()
+    calls = 0
+
+    async def generate() -> AsyncIterator[pb.GenerateResponse]:
+        nonlocal calls
+        calls += 1
+        first = calls == 1
+        for m in script(4):
+            yield m
+            started.set()
+            if first:
+                await asyncio.sleep(30)  # the first owner's client goes away here
+
+    owner = asyncio.create_task(drain(d.serve("cx", "fp", generate, resumable=True)))
+    await asyncio.wait_for(started.wait(), 2)
+    joiner = asyncio.create_task(drain(d.serve("cx", "fp", generate, resumable=True)))
+    await asyncio.sleep(0.1)
+    owner.cancel()
+    # The joiner had one message; it starts over, claims, regenerates and skips what it delivered.
+    got = await asyncio.wait_for(joiner, 3)
+    assert calls == 2
+    assert "".join(t for m in got for t in m.tokens) == "".join(t for m in script(4) for t in m.tokens)
+
+
+async def test_redis_outage_fails_open_and_recovers(h: Harness, redis_server: RedisServer) -> None:
+    d = h.make()
+    warm = await d.begin("warm", "fp")  # pooled connections that go stale across the restart
+    assert isinstance(warm, Claim)
+    await own(warm, script(1))
+    assert h.sample("aftershock_redis_up", {"client": "dedupe"}) == 1
+    assert h.sample("aftershock_breaker_state", {"target": "redis"}) == 0
+    redis_server.stop()
+    try:
+        for _ in range(d.config.breaker_fail_max):
+            start = time.monotonic()
+            assert isinstance(await d.begin("down", "fp"), Bypass)
+            assert time.monotonic() - start < 1.0
+        assert h.sample("aftershock_redis_up", {"client": "dedupe"}) == 0
+        assert h.sample("aftershock_breaker_state", {"target": "redis"}) == 1
+        assert h.sample("aftershock_breaker_transitions_total", {"target": "redis", "state": "open"}) == 1
+        # Open: answered without touching Redis.
+        start = time.monotonic()
+        outcome = await d.begin("down", "fp")
+        assert isinstance(outcome, Bypass) and outcome.reason == "breaker_open"
+        assert time.monotonic() - start < 0.05
+        assert h.outcome("bypassed") == d.config.breaker_fail_max + 1
+
+        # serve() still answers (fail open).
+        async def generate() -> AsyncIterator[pb.GenerateResponse]:
+            for m in script(2):
+                yield m
+
+        assert wire(await drain(d.serve("down", "fp", generate))) == wire(script(2))
+    finally:
+        redis_server.start()
+    await asyncio.sleep(d.config.breaker_reset_timeout_s + 0.1)
+    back = await d.begin("back", "fp")  # the half-open trial, over a stale connection
+    assert isinstance(back, Claim)
+    assert h.sample("aftershock_breaker_state", {"target": "redis"}) == 0
+    assert h.sample("aftershock_redis_up", {"client": "dedupe"}) == 1
+    assert h.sample("aftershock_breaker_transitions_total", {"target": "redis", "state": "half-open"}) == 1
+    await own(back, script(2))
+    assert isinstance(await d.begin("back", "fp"), Replay)
+
+
+async def test_probe_closes_the_breaker_without_traffic(h: Harness, redis_server: RedisServer) -> None:
+    d = h.make(probe_every_s=0.1)
+    await d.start()
+    assert h.sample("aftershock_redis_up", {"client": "dedupe"}) == 1
+    redis_server.stop()
+    try:
+        await asyncio.sleep(0.5)  # three failed probes open the breaker
+        assert h.sample("aftershock_redis_up", {"client": "dedupe"}) == 0
+        assert h.sample("aftershock_breaker_state", {"target": "redis"}) == 1
+    finally:
+        redis_server.start()
+    await asyncio.sleep(d.config.breaker_reset_timeout_s + 0.3)
+    assert h.sample("aftershock_breaker_state", {"target": "redis"}) == 0
+    assert h.sample("aftershock_redis_up", {"client": "dedupe"}) == 1
+
+
+async def test_publish_does_not_wait_for_redis(h: Harness) -> None:
+    d = h.make()
+    claim = await d.begin("hot", "fp")
+    join = await d.begin("hot", "fp")
+    assert isinstance(claim, Claim) and isinstance(join, Join)
+    msgs = script(300)
+    start = time.monotonic()
+    for m in msgs:
+        await claim.publish(m)  # queued; one background flush sends what has accumulated
+    assert time.monotonic() - start < 0.05
+    assert await claim.finish()
+    assert wire(await asyncio.wait_for(drain(join.messages()), 2)) == wire(msgs)
+
+
+async def test_joiner_falls_back_when_redis_dies(h: Harness, redis_server: RedisServer) -> None:
+    d = h.make()
+    claim = await d.begin("jd", "fp")
+    assert isinstance(claim, Claim)
+    calls = 0
+
+    async def generate() -> AsyncIterator[pb.GenerateResponse]:
+        nonlocal calls
+        calls += 1
+        for m in script(3, "own"):
+            yield m
+
+    joiner = asyncio.create_task(drain(d.serve("jd", "fp", generate)))
+    await asyncio.sleep(0.1)
+    redis_server.stop()
+    try:
+        # Its XREAD fails, it starts over, begin bypasses, and it generates by itself (fail open).
+        got = await asyncio.wait_for(joiner, 2)
+    finally:
+        redis_server.start()
+    assert calls == 1 and wire(got) == wire(script(3, "own"))
+    assert h.outcome("bypassed") == 1
+    await claim.abandon()  # Redis lost everything; nothing to release, and nothing raised

@@ -103,7 +103,7 @@ class PrometheusServer:
         }
         path = self.dir / "prometheus.yml"
         path.write_text(yaml.safe_dump(config))
-        log = open(self.dir / "prometheus.log", "wb")  # noqa: SIM115 - lives as long as the process
+        log = open(self.dir / "prometheus.log", "wb")
         self.proc = subprocess.Popen(
             [
                 binary,

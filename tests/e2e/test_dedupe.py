@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-
 from aftershock.stack import Stack, StackConfig
+
 from tests.conftest import ARTIFACTS, metric, scrape
 from tests.e2e.sse_client import content_of, events
 from tests.servers import RedisServer
@@ -77,7 +77,7 @@ async def test_fifty_concurrent_duplicates_generate_once(keyed_stack: Stack) -> 
     async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=60)) as client:
         texts = await asyncio.gather(*(_ask(client, url, "key-fifty", stream=i % 2 == 0) for i in range(50)))
     assert len(set(texts)) == 1 and texts[0], set(texts)
-    time.sleep(0.2)
+    await asyncio.sleep(0.2)
     assert _generations(keyed_stack) == before + 1
     samples = scrape(keyed_stack.backend.metrics_port)  # type: ignore[union-attr]
     assert metric(samples, "aftershock_dedupe_requests_total", outcome="claimed") >= 1
@@ -101,7 +101,7 @@ def _post_and_drop(stack: Stack, key: str) -> None:
 
 async def test_reconnect_after_a_dropped_connection_replays_without_generating(keyed_stack: Stack) -> None:
     _post_and_drop(keyed_stack, "key-dropped")
-    time.sleep(0.2)
+    await asyncio.sleep(0.2)
     before = _generations(keyed_stack)
     async with httpx.AsyncClient(timeout=30) as client:
         resp = await client.post(
@@ -111,7 +111,7 @@ async def test_reconnect_after_a_dropped_connection_replays_without_generating(k
         )
     assert resp.status_code == 200
     assert resp.json()["usage"]["completion_tokens"] == 5
-    time.sleep(0.2)
+    await asyncio.sleep(0.2)
     assert _generations(keyed_stack) == before
 
 
@@ -162,5 +162,5 @@ async def test_redis_outage_fails_open_and_dedupe_resumes(
         before = _generations(keyed_stack)
         second = await _ask(client, url, "key-after-restart", stream=True)
     assert first == second
-    time.sleep(0.2)
+    await asyncio.sleep(0.2)
     assert _generations(keyed_stack) == before

@@ -15,8 +15,8 @@ from typing import Any
 
 import httpx
 import pytest
-
 from aftershock.stack import Stack, StackConfig
+
 from tests.conftest import ARTIFACTS, TESTS
 from tests.servers import PrometheusServer, start_prometheus
 

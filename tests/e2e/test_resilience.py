@@ -11,9 +11,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from aftershock.inference.sim_tokens import expected_text
 from aftershock.stack import Stack, StackConfig
+
 from tests.conftest import ARTIFACTS, metric, scrape
 from tests.e2e.sse_client import content_of, events
 

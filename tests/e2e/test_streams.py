@@ -57,8 +57,8 @@ async def test_100_concurrent_streams_complete_with_deterministic_content(stack:
         assert finishes == ["length"]
 
 
-async def _wait_for(predicate: object, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
+async def _wait_for(predicate: object, within_s: float = 5.0) -> None:
+    deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
         if predicate():  # type: ignore[operator]
             return

@@ -133,7 +133,8 @@ def test_latency_histogram_exemplar_carries_the_request_trace_id(traced: tuple[S
     assert stack.edge is not None
     with httpx.Client(timeout=10) as client:
         resp = client.post(
-            f"{stack.edge_url}/v1/completions", json={"model": "sim-slow", "prompt": "exemplar", "max_tokens": 2}
+            f"{stack.edge_url}/v1/completions",
+            json={"model": "sim-slow", "prompt": "exemplar", "max_tokens": 2},
         )
         assert resp.status_code == 200
         trace_id = resp.headers["traceparent"].split("-")[1]

@@ -157,7 +157,7 @@ class ReplicaPool:
             await asyncio.sleep(backoff)
             backoff = min(self._retry_max_s, backoff * 2)
 
-    async def wait_healthy(self, names: Iterable[str], timeout: float) -> bool:
+    async def wait_healthy(self, names: Iterable[str], within_s: float) -> bool:
         """For start-up and tests: wait until every named replica is healthy."""
         names = tuple(names)
 
@@ -167,7 +167,7 @@ class ReplicaPool:
                 await self._changed.wait()
 
         try:
-            await asyncio.wait_for(_all(), timeout)
+            await asyncio.wait_for(_all(), within_s)
             return True
         except TimeoutError:
             return False

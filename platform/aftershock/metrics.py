@@ -101,6 +101,24 @@ class EdgeMetrics(HopMetrics):
             ["status"],
             registry=registry,
         )
+        self.auth_failures_total = Counter(
+            "aftershock_auth_failures",
+            "Requests refused by auth, by reason: missing, invalid, model_not_allowed.",
+            ["reason"],
+            registry=registry,
+        )
+        self.ratelimit_rejected_total = Counter(
+            "aftershock_ratelimit_rejected",
+            "Requests refused by a per-key rate limit, by the bucket that was short: requests, tokens.",
+            ["bucket"],
+            registry=registry,
+        )
+        self.ratelimit_fail_open_total = Counter(
+            "aftershock_ratelimit_fail_open",
+            "Requests let through unchecked because Redis failed (redis_error) or is skipped (circuit_open).",
+            ["reason"],
+            registry=registry,
+        )
 
 
 class BackendMetrics(HopMetrics):

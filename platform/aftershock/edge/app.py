@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -13,9 +15,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from aftershock import tracing
+from aftershock import errors, tracing
 from aftershock.edge import errors as http_errors
+from aftershock.edge.auth import Authenticator
 from aftershock.edge.backend_client import BackendClient
+from aftershock.edge.ratelimit import RateLimiter
 from aftershock.edge.requests import request_id_of
 from aftershock.edge.serving import Serving
 from aftershock.edge.settings import EdgeSettings
@@ -28,9 +32,27 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
-def create_app(settings: EdgeSettings, backend: BackendClient, metrics: EdgeMetrics) -> FastAPI:
-    serving = Serving(settings, backend, metrics)
-    app = FastAPI(title="Aftershock edge", docs_url=None, redoc_url=None, openapi_url=None)
+def create_app(
+    settings: EdgeSettings,
+    backend: BackendClient,
+    metrics: EdgeMetrics,
+    auth: Authenticator | None = None,
+    limiter: RateLimiter | None = None,
+) -> FastAPI:
+    auth = auth or Authenticator(settings.auth_config(), failures_total=metrics.auth_failures_total)
+    limiter = limiter or RateLimiter(settings.ratelimit_config())
+    serving = Serving(settings, backend, metrics, auth, limiter)
+    rate_limiter = limiter
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await rate_limiter.start()
+        try:
+            yield
+        finally:
+            await rate_limiter.close()
+
+    app = FastAPI(title="Aftershock edge", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     if not tracing.disabled():
         # One SERVER span per request; without exclude_spans the instrumentor adds a span per SSE chunk.
         FastAPIInstrumentor.instrument_app(
@@ -49,10 +71,16 @@ def create_app(settings: EdgeSettings, backend: BackendClient, metrics: EdgeMetr
     async def list_models(request: Request) -> Response:
         request_id = request_id_of(request)
         try:
+            key = auth.authenticate(request.headers)
             models = await backend.list_models(settings.readiness_timeout_s)
+        except errors.AftershockError as domain:
+            err = http_errors.from_domain(domain, request_id)
+            return _json(err.body, err.status, {**err.headers, "x-request-id": request_id})
         except grpc.aio.AioRpcError as exc:
             err = http_errors.from_rpc(exc, request_id)
             return _json(err.body, err.status, {**err.headers, "x-request-id": request_id})
+        allowed = set(auth.allowed_models(key, [m.name for m in models]))
+        models = [m for m in models if m.name in allowed]
         data = [
             {
                 "id": m.name,

@@ -11,7 +11,10 @@ from collections.abc import Iterator
 import uvicorn
 from prometheus_client import CollectorRegistry
 
+from aftershock.edge import ratelimit
 from aftershock.edge.app import create_app
+from aftershock.edge.auth import Authenticator
+from aftershock.edge.ratelimit import RateLimiter
 from aftershock.edge.backend_client import BackendClient
 from aftershock.edge.settings import EdgeSettings
 from aftershock.metrics import EdgeMetrics, new_registry
@@ -35,7 +38,15 @@ def build(
     registry = registry if registry is not None else new_registry()
     metrics = EdgeMetrics(registry)
     backend = BackendClient(settings.backend_target, settings.models_cache_s)
-    app = create_app(settings, backend, metrics)
+    limiter = RateLimiter(
+        settings.ratelimit_config(),
+        redis_up=metrics.redis_up.labels(ratelimit.REDIS_CLIENT),
+        fail_open_total=metrics.ratelimit_fail_open_total,
+        rejected_total=metrics.ratelimit_rejected_total,
+    )
+    # Keys are read once here: a bad key file stops the edge at start, not at the first request.
+    auth = Authenticator(settings.auth_config(), failures_total=metrics.auth_failures_total)
+    app = create_app(settings, backend, metrics, auth, limiter)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -45,7 +56,7 @@ def build(
         access_log=False,
         log_config=None,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
-        lifespan="off",
+        lifespan="on",  # starts and stops the rate limiter's Redis client
     )
     return _Server(config), backend
 

@@ -6,8 +6,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -21,7 +21,9 @@ from aftershock import errors
 from aftershock.context import request_id_var
 from aftershock.edge import errors as http_errors
 from aftershock.edge import sse
+from aftershock.edge.auth import Authenticator
 from aftershock.edge.backend_client import BackendClient
+from aftershock.edge.ratelimit import RateLimiter, RateLimitExceeded
 from aftershock.edge.requests import (
     idempotency_key_of,
     parse_json_body,
@@ -65,6 +67,7 @@ class _Call:
     model: str = UNKNOWN_MODEL
     stream: bool = False
     client_span: Span | None = None
+    rate_headers: Mapping[str, str] = field(default_factory=dict)
 
     def exemplar(self) -> dict[str, str] | None:
         trace_id = trace_id_of(self.span)
@@ -81,10 +84,19 @@ class _Call:
 
 
 class Serving:
-    def __init__(self, settings: EdgeSettings, backend: BackendClient, metrics: EdgeMetrics) -> None:
+    def __init__(
+        self,
+        settings: EdgeSettings,
+        backend: BackendClient,
+        metrics: EdgeMetrics,
+        auth: Authenticator,
+        limiter: RateLimiter,
+    ) -> None:
         self._settings = settings
         self._backend = backend
         self._metrics = metrics
+        self._auth = auth
+        self._limiter = limiter
         self.in_flight = 0
 
     # -- entry points -------------------------------------------------------------------------
@@ -111,6 +123,8 @@ class Serving:
         self.in_flight += 1
         streaming = False
         try:
+            # Authenticate before reading the body: a stranger never gets a large body read.
+            api_key = self._auth.authenticate(request.headers)
             body = await read_body(request, self._settings.max_body_bytes)
             parsed: ChatCompletionRequest | CompletionRequest = (
                 parse_json_body(body, ChatCompletionRequest)
@@ -120,9 +134,14 @@ class Serving:
             call.model = parsed.model if parsed.model in self._backend.known_models else UNKNOWN_MODEL
             call.stream = parsed.stream
             _describe(call, parsed, chat)
+            self._auth.authorize(api_key, parsed.model)
+            # Only valid, authorized requests are charged against the key's limits.
+            call.rate_headers = (await self._limiter.check(api_key, parsed.effective_max_tokens())).headers
             timeout = timeout_of(request, self._settings.default_timeout_s, self._settings.max_timeout_s)
             grpc_request = _to_grpc(parsed, call.request_id)
-            grpc_request.idempotency_key = idempotency_key_of(request)
+            key = idempotency_key_of(request)
+            # Scoped to the caller: two clients' keys never meet (nor share a result).
+            grpc_request.idempotency_key = f"{api_key.name}:{key}" if key else ""
             call.client_span, metadata = start_client_span(BACKEND_GENERATE, self._settings.backend_target)
             rpc = self._backend.stub.Generate(grpc_request, timeout=timeout, metadata=metadata)
             if parsed.stream:
@@ -275,6 +294,8 @@ class Serving:
         self, err: http_errors.HttpError, call: _Call, domain: errors.AftershockError | None
     ) -> Response:
         status = 413 if domain is not None and domain.error_type == "request_too_large" else err.status
+        if isinstance(domain, RateLimitExceeded):
+            call.rate_headers = domain.headers
         self._finish(call, err.grpc_code, status)
         return Response(
             err.encoded(),
@@ -308,7 +329,7 @@ async def _disconnected(request: Request) -> None:
 
 def _headers(call: _Call) -> dict[str, str]:
     """x-request-id always; traceparent so a user can find the request's trace in Jaeger."""
-    headers = {"x-request-id": call.request_id}
+    headers = {"x-request-id": call.request_id, **call.rate_headers}
     ctx = call.span.get_span_context()
     if ctx.is_valid:
         headers["traceparent"] = f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pathlib import Path
+
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from aftershock.edge.auth import AuthConfig
+from aftershock.edge.ratelimit import RateLimitConfig
 
 
 class EdgeSettings(BaseSettings):
@@ -26,6 +31,38 @@ class EdgeSettings(BaseSettings):
     max_in_flight: int = Field(1024, gt=0)
     shed_retry_after_s: float = Field(1.0, gt=0)
 
+    # API keys: `Authorization: Bearer <key>`. Unset means on exactly when keys are configured, so a
+    # local stack runs open and a configured one fails closed. Keys are kept as SHA-256 only.
+    auth_enabled: bool | None = None
+    api_keys_file: Path | None = None
+    api_keys: SecretStr | None = None
+
+    # Per-key token-bucket rate limits in Redis (0 = unlimited); unset redis_url switches them off.
+    redis_url: str | None = None
+    default_rpm: int = Field(0, ge=0)
+    default_tpm: int = Field(0, ge=0)
+    ratelimit_window_s: float = Field(60.0, gt=0)
+    ratelimit_default_max_tokens: int = Field(256, gt=0)
+    ratelimit_redis_timeout_s: float = Field(0.25, gt=0)
+    ratelimit_circuit_open_s: float = Field(5.0, gt=0)
+
     shutdown_grace_s: float = Field(30.0, ge=0)
     log_level: str = "INFO"
     log_content: bool = False
+
+    def auth_config(self) -> AuthConfig:
+        configured = self.api_keys_file is not None or self.api_keys is not None
+        enabled = configured if self.auth_enabled is None else self.auth_enabled
+        return AuthConfig(enabled=enabled, api_keys_file=self.api_keys_file, api_keys=self.api_keys)
+
+    def ratelimit_config(self) -> RateLimitConfig:
+        return RateLimitConfig(
+            redis_url=self.redis_url,
+            default_rpm=self.default_rpm,
+            default_tpm=self.default_tpm,
+            window_s=self.ratelimit_window_s,
+            default_max_tokens_charge=self.ratelimit_default_max_tokens,
+            socket_timeout_s=self.ratelimit_redis_timeout_s,
+            socket_connect_timeout_s=self.ratelimit_redis_timeout_s,
+            circuit_open_s=self.ratelimit_circuit_open_s,
+        )

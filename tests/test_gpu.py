@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import generate_latest
-
 from aftershock.gpu import _nvml, start_gpu_sampler
 from aftershock.metrics import new_registry
+from prometheus_client import generate_latest
 
 
 def test_gpu_series_follow_the_hardware() -> None:

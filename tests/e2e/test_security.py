@@ -10,8 +10,8 @@ import httpx
 import openai
 import pytest
 import yaml
-
 from aftershock.stack import Stack, StackConfig
+
 from tests.conftest import ARTIFACTS
 from tests.servers import RedisServer
 

@@ -20,20 +20,20 @@ class BackendClient:
         self._fetched_at = -1e9
         self.known_models: frozenset[str] = frozenset()
 
-    async def list_models(self, timeout: float, *, fresh: bool = False) -> list[pb.ModelInfo]:
+    async def list_models(self, within_s: float, *, fresh: bool = False) -> list[pb.ModelInfo]:
         now = time.monotonic()
         if fresh or now - self._fetched_at > self._cache_s:
-            resp = await self.stub.ListModels(pb.ListModelsRequest(), timeout=timeout)
+            resp = await self.stub.ListModels(pb.ListModelsRequest(), timeout=within_s)
             self._models = list(resp.models)
             self.known_models = frozenset(m.name for m in self._models)
             self._fetched_at = now
         return self._models
 
-    async def readiness(self, timeout: float) -> tuple[bool, str]:
+    async def readiness(self, within_s: float) -> tuple[bool, str]:
         """Ready when the backend answers and every model has at least one reachable replica."""
         try:
             # Never cached: a probe must see a replica loss as soon as the backend does.
-            models = await self.list_models(timeout, fresh=True)
+            models = await self.list_models(within_s, fresh=True)
         except grpc.aio.AioRpcError as exc:
             return False, f"backend unreachable: {exc.code().name}"
         if not models:

@@ -88,5 +88,7 @@ def idempotency_key_of(request: Request) -> str:
     """The client's Idempotency-Key ("" when absent): one generation per key (backend dedupe)."""
     key = request.headers.get("idempotency-key", "")
     if len(key) > 255 or not key.isprintable():
-        raise errors.InvalidArgument("Idempotency-Key must be at most 255 printable characters.", param="Idempotency-Key")
+        raise errors.InvalidArgument(
+            "Idempotency-Key must be at most 255 printable characters.", param="Idempotency-Key"
+        )
     return key

@@ -14,8 +14,8 @@ from prometheus_client import CollectorRegistry
 from aftershock.edge import ratelimit
 from aftershock.edge.app import create_app
 from aftershock.edge.auth import Authenticator
-from aftershock.edge.ratelimit import RateLimiter
 from aftershock.edge.backend_client import BackendClient
+from aftershock.edge.ratelimit import RateLimiter
 from aftershock.edge.settings import EdgeSettings
 from aftershock.metrics import EdgeMetrics, new_registry
 from aftershock.metrics_http import start_metrics_server

@@ -48,7 +48,7 @@ class RunningServer:
         loop = asyncio.get_running_loop()
         stopping = asyncio.ensure_future(self.server.stop(grace_s))
         deadline = loop.time() + grace_s
-        while busy() and loop.time() < deadline and not stopping.done():
+        while busy() and loop.time() < deadline and not stopping.done():  # noqa: ASYNC110 - a counter, no event
             await asyncio.sleep(0.05)
         await self.server.stop(0)
         await stopping

@@ -41,11 +41,13 @@ def _parser() -> argparse.ArgumentParser:
     be = sub.add_parser("backend", help="run the backend service")
     _common(be)
     be.add_argument("--registry-file", dest="registry_file", type=Path)
+    be.add_argument("--redis-url", dest="redis_url", help="Redis for dedupe (redis://host:port/db)")
 
     edge = sub.add_parser("edge", help="run the HTTP edge")
     _common(edge)
     edge.add_argument("--backend", dest="backend_target", help="backend host:port")
 
+    sub.add_parser("drill", help="run chaos drills (aftershock drill --help)", add_help=False)
     tp = sub.add_parser("toxiproxy", help="run the Toxiproxy-API fault proxy", add_help=False)
     tp.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
@@ -53,6 +55,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["drill"]:
+        from aftershock.chaos.command import main as drill_main
+
+        return drill_main(argv[1:])
     if argv[:1] == ["toxiproxy"]:
         from aftershock.faultproxy.server import main as toxiproxy_main
 
@@ -71,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from aftershock.backend.service import run as run_backend
         from aftershock.backend.settings import BackendSettings
 
-        be = BackendSettings(**_overrides(args, (*common, "registry_file")))
+        be = BackendSettings(**_overrides(args, (*common, "registry_file", "redis_url")))
         return runtime.run("backend", be.log_level, run_backend(be))
     if args.command == "edge":
         from aftershock.edge.service import run as run_edge

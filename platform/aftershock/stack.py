@@ -6,7 +6,9 @@ Used by `aftershock up`, the end-to-end tests and the benchmarks, so all three r
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +38,8 @@ class StackConfig:
     shutdown_grace_s: float = 10.0
     # Put a fault proxy (Toxiproxy API) on every hop: edge->backend and backend->each replica.
     chaos: bool = False
+    # Start a redis-server (Debian's) for the backend's dedupe; with chaos, behind backend_redis.
+    redis: bool = False
 
 
 @dataclass
@@ -57,6 +61,7 @@ class Stack:
         self.backend: Proc | None = None
         self.edge: Proc | None = None
         self.toxiproxy: Proc | None = None
+        self.redis: Proc | None = None
         self.proxies: dict[str, Proxy] = {}
         self._tmp = tempfile.TemporaryDirectory(prefix="aftershock-stack-")
         self.registry_file = Path(self._tmp.name) / "registry.yaml"
@@ -82,6 +87,7 @@ class Stack:
         """In start order: the fault proxy first, then the path from inference up to the edge."""
         return [
             *([self.toxiproxy] if self.toxiproxy else []),
+            *([self.redis] if self.redis else []),
             *self.inference,
             *([self.backend] if self.backend else []),
             *([self.edge] if self.edge else []),
@@ -149,9 +155,13 @@ class Stack:
         for i in range(self.config.replicas):
             self.start_inference(i)
         self.write_registry(models or self._model_names())
-        self.backend = self._spawn(
-            "backend", "backend", ["--registry-file", str(self.registry_file)], free_port(), free_port()
-        )
+        backend_args = ["--registry-file", str(self.registry_file)]
+        if self.config.redis:
+            self.start_redis()
+            assert self.redis is not None
+            address = self._through_proxy(topology.BACKEND_REDIS, self.redis.port)
+            backend_args += ["--redis-url", f"redis://{address}/0"]
+        self.backend = self._spawn("backend", "backend", backend_args, free_port(), free_port())
         self.edge = self._spawn(
             "edge",
             "edge",
@@ -193,6 +203,42 @@ class Stack:
                 last = repr(exc)
             time.sleep(0.1)
         raise TimeoutError(f"stack not ready after {timeout_s}s: {last}")
+
+    def start_redis(self) -> Proc:
+        """redis-server on the same port as before (or a free one), without persistence."""
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (scripts/setup.sh installs it)")
+        port = self.redis.port if self.redis is not None else free_port()
+        cmd = [binary, "--port", str(port), "--bind", self.config.host, "--save", "", "--appendonly", "no",
+               "--dir", self._tmp.name]
+        popen = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.redis = Proc("redis", popen, port, 0)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection((self.config.host, port), timeout=0.2):
+                    return self.redis
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def kill_inference(self, index: int) -> None:
+        """A crash: SIGKILL, no draining."""
+        proc = self.inference[index]
+        self.kill(proc, signal.SIGKILL)
+        proc.popen.wait(10)
+
+    def stop_redis(self) -> None:
+        if self.redis is not None and self.redis.alive():
+            self.redis.popen.terminate()
+            self.redis.popen.wait(10)
+
+    def restart_inference(self, index: int) -> Proc:
+        """Start replica `index` again on its old port (the registry and proxies still point there)."""
+        old = self.inference[index]
+        proc = self.start_inference(index, port=old.port)
+        return proc
 
     def kill(self, proc: Proc, sig: int = signal.SIGKILL) -> None:
         if proc.alive():

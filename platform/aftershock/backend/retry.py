@@ -19,6 +19,9 @@ class RetryConfig:
     backoff_cap_s: float = 1.0
     # A try that has not produced its first message in this long is given up and retried.
     per_try_timeout_s: float = 10.0
+    # A stream that goes this long without a message mid-way is given up (a stalled link) and,
+    # when deterministic, resumed elsewhere.
+    stream_idle_timeout_s: float = 10.0
     # Retries may be at most this fraction of the requests seen in the window...
     budget_ratio: float = 0.2
     # ...plus this many per second, so a quiet service can still retry.

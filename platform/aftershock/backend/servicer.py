@@ -213,6 +213,7 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
                             out_tokens.inc(msg.completion_tokens - counted)
                             counted = msg.completion_tokens
                         msg.replica = replica.name
+                        msg.attempts = attempt + 1
                         if msg.finish_reason and resumed:
                             # Counted before the last yield: the caller may close us right after it.
                             self._metrics.failovers_total.labels(model, "mid_stream", "resumed").inc()
@@ -291,7 +292,15 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
             except TimeoutError:
                 raise TryTimeout() from None
             yield first
-            async for msg in messages:
+            idle = self._retry.stream_idle_timeout_s
+            while True:
+                try:
+                    async with asyncio.timeout(idle):
+                        msg = await messages.__anext__()
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise TryTimeout() from None
                 yield msg
         except grpc.aio.AioRpcError as exc:
             code = exc.code().name

@@ -49,6 +49,7 @@ class BackendSettings(BaseSettings):
     retry_backoff_base_s: float = Field(0.025, ge=0)
     retry_backoff_cap_s: float = Field(1.0, ge=0)
     retry_per_try_timeout_s: float = Field(10.0, gt=0)
+    retry_stream_idle_timeout_s: float = Field(10.0, gt=0)
     retry_budget_ratio: float = Field(0.2, ge=0)
     retry_budget_min_per_s: float = Field(5.0, ge=0)
     retry_budget_window_s: float = Field(10.0, gt=0)
@@ -72,6 +73,7 @@ class BackendSettings(BaseSettings):
             backoff_base_s=self.retry_backoff_base_s,
             backoff_cap_s=self.retry_backoff_cap_s,
             per_try_timeout_s=self.retry_per_try_timeout_s,
+            stream_idle_timeout_s=self.retry_stream_idle_timeout_s,
             budget_ratio=self.retry_budget_ratio,
             budget_min_per_s=self.retry_budget_min_per_s,
             budget_window_s=self.retry_budget_window_s,

@@ -68,6 +68,7 @@ class _Call:
     stream: bool = False
     client_span: Span | None = None
     rate_headers: Mapping[str, str] = field(default_factory=dict)
+    attempts: int = 0
 
     def exemplar(self) -> dict[str, str] | None:
         trace_id = trace_id_of(self.span)
@@ -176,6 +177,7 @@ class Serving:
             last = msg
         if last is None or not last.finish_reason:
             raise errors.Internal("The backend ended the stream without a result.")
+        call.attempts = last.attempts
         text = "".join(tokens)
         finish = FINISH_REASONS.get(last.finish_reason, "stop")
         created = int(time.time())
@@ -214,6 +216,7 @@ class Serving:
         except BaseException:
             rpc.cancel()
             raise
+        call.attempts = first.attempts
         include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
         encoder = sse.ChunkEncoder(
             chat=chat,
@@ -330,6 +333,9 @@ async def _disconnected(request: Request) -> None:
 def _headers(call: _Call) -> dict[str, str]:
     """x-request-id always; traceparent so a user can find the request's trace in Jaeger."""
     headers = {"x-request-id": call.request_id, **call.rate_headers}
+    if call.attempts > 1:
+        # The backend retried (before the first token, for a stream): drills and clients can tell.
+        headers["x-aftershock-attempts"] = str(call.attempts)
     ctx = call.span.get_span_context()
     if ctx.is_valid:
         headers["traceparent"] = f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"

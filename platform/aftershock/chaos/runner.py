@@ -1,0 +1,166 @@
+"""Running a drill: load with Locust (headless, as a library), faults on a timeline, abort
+conditions, rollbacks that always run, then the verdict and the report.
+
+Locust is imported first: it monkey-patches the standard library for gevent, so this module is
+only imported by the `aftershock drill` command.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import gevent  # type: ignore[import-untyped]
+from locust import User, between
+from locust.env import Environment
+
+from aftershock.chaos.faults import FaultInjector
+from aftershock.chaos.report import write_report
+from aftershock.chaos.sampler import MetricsSampler
+from aftershock.chaos.spec import Drill, Fault
+from aftershock.chaos.users import CompletionUser, LoadSettings, Recorder, StreamingUser, _EdgeUser
+from aftershock.chaos.verdict import judge
+from aftershock.stack import Stack, StackConfig
+
+log = logging.getLogger(__name__)
+
+MODELS_FILE = Path(__file__).resolve().parents[3] / "chaos" / "models.yaml"
+STEP_S = 0.1
+
+
+@dataclass
+class Target:
+    """Where a drill runs: a staging edge and Toxiproxy, or a local stack started for it."""
+
+    edge_url: str
+    toxiproxy_url: str
+    backend_metrics_url: str
+    stack: Stack | None = None
+
+    def describe(self) -> dict[str, str]:
+        where = {"edge": self.edge_url, "toxiproxy": self.toxiproxy_url}
+        where["stack"] = "local (started for this drill)" if self.stack else "given"
+        return where
+
+
+def local_target(drill: Drill, log_dir: Path, backend_env: dict[str, str]) -> Target:
+    models = MODELS_FILE if MODELS_FILE.exists() else None
+    stack = Stack(
+        StackConfig(
+            replicas=drill.replicas,
+            chaos=True,
+            redis=drill.redis,
+            models_file=models,
+            log_dir=log_dir,
+            shutdown_grace_s=5,
+            env={"backend": {**drill.backend_env, **backend_env}},
+        )
+    )
+    try:
+        stack.start()
+    except BaseException:
+        stack.stop()
+        raise
+    assert stack.backend is not None
+    return Target(
+        stack.edge_url, stack.toxiproxy_url, f"http://127.0.0.1:{stack.backend.metrics_port}/metrics", stack
+    )
+
+
+def _configure_users(drill: Drill, recorder: Recorder, api_key: str | None) -> list[type[User]]:
+    load = drill.load
+    settings = LoadSettings(
+        model=load.model,
+        max_tokens=load.max_tokens,
+        seeded=load.seeded,
+        idempotency_share=load.idempotency_share,
+        duplicates=load.duplicates,
+        timeout_s=load.request_timeout_s,
+        api_key=api_key,
+    )
+    _EdgeUser.settings = settings
+    _EdgeUser.recorder = recorder
+    _EdgeUser._keys = []
+    _EdgeUser.wait_time = between(*load.think_time_s)
+    streaming = round(load.stream_share * 100)
+    StreamingUser.weight = streaming
+    CompletionUser.weight = 100 - streaming
+    return [u for u in (CompletionUser, StreamingUser) if u.weight > 0]
+
+
+def _abort_reason(drill: Drill, recorder: Recorder, now: float) -> str | None:
+    window = [r for r in recorder.snapshot() if r.started >= now - drill.abort.window_s]
+    if len(window) < 5:
+        return None
+    errors = 1 - sum(r.ok for r in window) / len(window)
+    if errors > drill.abort.max_error_rate:
+        return f"error rate {errors:.0%} over the last {drill.abort.window_s:.0f}s at {now:.1f}s"
+    return None
+
+
+def run_drill(
+    drill: Drill,
+    out: Path,
+    *,
+    target: Target | None = None,
+    api_key: str | None = None,
+    backend_env: dict[str, str] | None = None,
+) -> bool:
+    """Runs one drill and writes its report to `out`; True when the hypothesis and every expectation held."""
+    own = target is None
+    if target is None:
+        target = local_target(drill, out / "logs", backend_env or {})
+    injector = FaultInjector(target.toxiproxy_url, target.stack)
+    recorder = Recorder()
+    users = _configure_users(drill, recorder, api_key)
+    env = Environment(user_classes=users, host=target.edge_url)
+    runner = env.create_local_runner()
+    sampler = MetricsSampler(target.backend_metrics_url, recorder.start)
+    events: list[tuple[float, bool, Fault]] = sorted(
+        [(f.start_s, True, f) for f in drill.faults] + [(f.end_s, False, f) for f in drill.faults],
+        key=lambda e: (e[0], e[1]),
+    )
+    active: list[Fault] = []
+    aborted: str | None = None
+    try:
+        injector.reset()
+        recorder.start = sampler.start = time.monotonic()
+        sampler.begin()
+        runner.start(drill.load.users, spawn_rate=drill.load.spawn_rate)
+        while True:
+            now = time.monotonic() - recorder.start
+            if now >= drill.load.duration_s:
+                break
+            while events and events[0][0] <= now:
+                _, apply, fault = events.pop(0)
+                if apply:
+                    injector.apply(fault)
+                    active.append(fault)
+                elif fault in active:
+                    injector.rollback(fault)
+                    active.remove(fault)
+            aborted = _abort_reason(drill, recorder, now)
+            if aborted:
+                log.error("drill aborted", extra={"reason": aborted})
+                break
+            gevent.sleep(STEP_S)
+    finally:
+        runner.quit()
+        # Rollbacks always run, whatever happened above.
+        for fault in reversed(active):
+            try:
+                injector.rollback(fault)
+            except Exception:
+                log.exception("rollback failed", extra={"fault": fault.name})
+        try:
+            injector.reset()
+        except Exception:
+            log.exception("toxiproxy reset failed")
+        samples = sampler.end()
+        if own and target.stack is not None:
+            target.stack.stop()
+    records = recorder.snapshot()
+    checks = judge(drill, records, samples, aborted)
+    return write_report(out, drill, checks, records, samples, target.describe(), aborted)

@@ -1,0 +1,71 @@
+"""Samples the services' own metrics during a drill: breaker states, retries, failovers, dedupe."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+# Counters worth charting and judging, summed over their labels unless a label is named.
+_COUNTERS = (
+    "aftershock_retries_total",
+    "aftershock_retry_budget_exhausted_total",
+    "aftershock_failovers_total",
+    "aftershock_shed_requests_total",
+)
+
+
+@dataclass
+class Sample:
+    t: float
+    breakers: dict[str, int]  # target -> 0 closed, 1 open, 2 half-open
+    counters: dict[str, float]
+    dedupe: dict[str, float]  # outcome -> count
+
+
+@dataclass
+class MetricsSampler:
+    """Scrapes a backend's /metrics every `interval_s` on a thread until stopped."""
+
+    url: str
+    start: float
+    interval_s: float = 0.5
+    samples: list[Sample] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="drill-sampler", daemon=True)
+
+    def begin(self) -> None:
+        self._thread.start()
+
+    def end(self) -> list[Sample]:
+        self._stop.set()
+        self._thread.join(5)
+        self.sample()
+        return self.samples
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.sample()
+
+    def sample(self) -> None:
+        try:
+            text = httpx.get(self.url, timeout=2).text
+        except httpx.HTTPError:
+            return  # a missed sample is a gap in the chart, not a failed drill
+        breakers: dict[str, int] = {}
+        counters: dict[str, float] = dict.fromkeys(_COUNTERS, 0.0)
+        dedupe: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name == "aftershock_breaker_state":
+                    breakers[s.labels["target"]] = int(s.value)
+                elif s.name in counters:
+                    counters[s.name] += s.value
+                elif s.name == "aftershock_dedupe_requests_total":
+                    dedupe[s.labels["outcome"]] = s.value
+        self.samples.append(Sample(time.monotonic() - self.start, breakers, counters, dedupe))

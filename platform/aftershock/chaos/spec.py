@@ -1,0 +1,154 @@
+"""A chaos drill, as written in chaos/*.yaml.
+
+A drill states a steady-state hypothesis (from the SLOs), a load profile, timed fault steps,
+expectations and abort conditions. Times are seconds from the start of the load.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+_STRICT = ConfigDict(extra="forbid", frozen=True)
+
+
+class Hypothesis(BaseModel):
+    """What "healthy" means, checked on requests outside fault windows and their recovery time."""
+
+    model_config = _STRICT
+
+    min_success_rate: float = Field(0.99, ge=0, le=1)
+    max_p99_ttft_s: float | None = Field(None, gt=0)
+    max_p99_latency_s: float | None = Field(None, gt=0)
+
+
+class Load(BaseModel):
+    """The Locust load profile (run headless, as a library)."""
+
+    model_config = _STRICT
+
+    users: int = Field(8, gt=0)
+    spawn_rate: float = Field(8.0, gt=0)
+    duration_s: float = Field(30.0, gt=0)
+    # Share of users that stream (SSE); the rest send non-streamed requests.
+    stream_share: float = Field(0.5, ge=0, le=1)
+    model: str = "sim-slow"
+    max_tokens: int = Field(16, gt=0)
+    # Seeded requests are deterministic, so a stream may be resumed on another replica.
+    seeded: bool = True
+    # Share of requests sent with an Idempotency-Key, each key sent `duplicates` times.
+    idempotency_share: float = Field(0.0, ge=0, le=1)
+    duplicates: int = Field(2, ge=1)
+    think_time_s: tuple[float, float] = (0.05, 0.2)
+    request_timeout_s: float = Field(20.0, gt=0)
+
+
+class Toxic(BaseModel):
+    model_config = _STRICT
+
+    type: Literal["latency", "bandwidth", "slow_close", "timeout", "reset_peer", "slicer", "limit_data"]
+    stream: Literal["upstream", "downstream"] = "downstream"
+    toxicity: float = Field(1.0, ge=0, le=1)
+    attributes: dict[str, int] = Field(default_factory=dict)
+
+
+class Fault(BaseModel):
+    """One fault, applied at start_s and rolled back at end_s (and always at the end of the drill)."""
+
+    model_config = _STRICT
+
+    name: str
+    start_s: float = Field(ge=0)
+    end_s: float = Field(gt=0)
+    kind: Literal["toxic", "proxy_down", "kill_replica", "stop_redis"]
+    proxy: str | None = None
+    toxic: Toxic | None = None
+    replica: int | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _complete(self) -> Fault:
+        if self.end_s <= self.start_s:
+            raise ValueError(f"fault {self.name!r}: end_s must come after start_s")
+        if self.kind in ("toxic", "proxy_down") and not self.proxy:
+            raise ValueError(f"fault {self.name!r}: {self.kind} needs a proxy")
+        if self.kind == "toxic" and self.toxic is None:
+            raise ValueError(f"fault {self.name!r}: a toxic fault needs a toxic")
+        if self.kind == "kill_replica" and self.replica is None:
+            raise ValueError(f"fault {self.name!r}: kill_replica needs a replica index")
+        return self
+
+
+class Expect(BaseModel):
+    """What must be seen for the drill to pass, beyond the steady-state hypothesis."""
+
+    model_config = _STRICT
+
+    # Breaker targets (e.g. "inference:inference-0", "redis") that must open during the faults.
+    breaker_opened: tuple[str, ...] = ()
+    max_error_rate_during_fault: float | None = Field(None, ge=0, le=1)
+    # After the last fault is rolled back, the success rate is back to the hypothesis within this.
+    recovery_within_s: float | None = Field(None, gt=0)
+    # Every response to one Idempotency-Key carries the same text.
+    no_duplicate_generations: bool = False
+    min_retries: int | None = Field(None, ge=0)
+    min_failovers: int | None = Field(None, ge=0)
+    # Alert names that should fire; checked only when a Prometheus URL is given (staging).
+    alerts: tuple[str, ...] = ()
+
+
+class Abort(BaseModel):
+    """Stop the load early (rollbacks still run) when the system is clearly in trouble."""
+
+    model_config = _STRICT
+
+    max_error_rate: float = Field(0.9, gt=0, le=1)
+    window_s: float = Field(5.0, gt=0)
+
+
+class Drill(BaseModel):
+    model_config = _STRICT
+
+    title: str
+    description: str = ""
+    hypothesis: Hypothesis = Hypothesis()
+    load: Load = Load()
+    faults: tuple[Fault, ...] = Field(min_length=1)
+    expect: Expect = Expect()
+    abort: Abort = Abort()
+    # Stack shape for local runs.
+    replicas: int = Field(2, ge=1)
+    redis: bool = False
+    backend_env: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _within_load(self) -> Drill:
+        for fault in self.faults:
+            if fault.end_s > self.load.duration_s:
+                raise ValueError(f"fault {fault.name!r} ends after the load does")
+        return self
+
+    def scaled(self, factor: float) -> Drill:
+        """The same drill with every time multiplied by `factor` (a short version for CI)."""
+        if factor == 1.0:
+            return self
+        load = self.load.model_copy(update={"duration_s": self.load.duration_s * factor})
+        faults = tuple(
+            f.model_copy(update={"start_s": f.start_s * factor, "end_s": f.end_s * factor})
+            for f in self.faults
+        )
+        return self.model_copy(update={"load": load, "faults": faults})
+
+    @property
+    def fault_start_s(self) -> float:
+        return min(f.start_s for f in self.faults)
+
+    @property
+    def fault_end_s(self) -> float:
+        return max(f.end_s for f in self.faults)
+
+
+def load_drill(path: Path) -> Drill:
+    return Drill.model_validate(yaml.safe_load(path.read_text()))

@@ -162,10 +162,11 @@ class Stack:
             address = self._through_proxy(topology.BACKEND_REDIS, self.redis.port)
             backend_args += ["--redis-url", f"redis://{address}/0"]
         self.backend = self._spawn("backend", "backend", backend_args, free_port(), free_port())
+        backend_address = self._through_proxy(topology.EDGE_BACKEND, self.backend.port)
         self.edge = self._spawn(
             "edge",
             "edge",
-            ["--backend", self.backend_target],
+            ["--backend", backend_address],
             self.config.edge_port or free_port(),
             free_port(),
         )

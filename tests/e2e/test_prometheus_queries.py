@@ -60,7 +60,10 @@ async def _traffic(stack: Stack, seconds: float) -> None:
 
 @pytest.fixture(scope="module")
 def scraped(e2e_models_file: Path) -> Iterator[PrometheusServer]:
-    stack = Stack(StackConfig(replicas=2, models_file=e2e_models_file, log_dir=ARTIFACTS / "test_prometheus"))
+    # chaos=True: the fault proxy runs too, so the resilience dashboard's fault panels have data.
+    stack = Stack(
+        StackConfig(replicas=2, models_file=e2e_models_file, log_dir=ARTIFACTS / "test_prometheus", chaos=True)
+    )
     prom: PrometheusServer | None = None
     try:
         stack.start()
@@ -69,8 +72,12 @@ def scraped(e2e_models_file: Path) -> Iterator[PrometheusServer]:
             "aftershock-edge": [f"127.0.0.1:{stack.edge.metrics_port}"],
             "aftershock-backend": [f"127.0.0.1:{stack.backend.metrics_port}"],
             "aftershock-inference": [f"127.0.0.1:{p.metrics_port}" for p in stack.inference],
+            "aftershock-faultproxy": [f"127.0.0.1:{stack.toxiproxy.metrics_port}"],  # type: ignore[union-attr]
         }
         prom = start_prometheus(jobs, sorted((ROOT / "alerts").glob("*.rules.yml")))
+        # A harmless toxic stays on during the load, so "active faults" panels have a series to show.
+        toxic = {"type": "latency", "stream": "downstream", "attributes": {"latency": 1}}
+        httpx.post(f"{stack.toxiproxy_url}/proxies/edge_backend/toxics", json=toxic, timeout=5).raise_for_status()
         asyncio.run(_traffic(stack, 8.0))
         time.sleep(2.5)  # a couple more scrapes and rule evaluations after the load
         yield prom
@@ -88,7 +95,7 @@ def _query(prom: PrometheusServer, expr: str) -> dict[str, Any]:
 
 def test_every_target_is_scraped_with_vllm_names_intact(scraped: PrometheusServer) -> None:
     up = _query(scraped, "up")["data"]["result"]
-    assert len(up) == 4 and all(r["value"][1] == "1" for r in up), up
+    assert len(up) == 5 and all(r["value"][1] == "1" for r in up), up
     running = _query(scraped, "vllm:num_requests_running")["data"]["result"]
     assert running, "vllm:* series must keep their colon (OpenMetrics escaping)"
 

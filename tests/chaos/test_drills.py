@@ -1,0 +1,94 @@
+"""Every drill in chaos/, in a short version, against a local stack with the fault proxy on every
+hop; and proof that a drill can fail. Drills run in their own processes (Locust patches the
+standard library for gevent)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ARTIFACTS, TESTS
+
+pytestmark = pytest.mark.e2e
+
+ROOT = TESTS.parent
+DRILLS = sorted(p for p in (ROOT / "chaos").glob("*.yaml") if p.name != "models.yaml")
+SCALE = "0.5"  # every time halved: each drill well under a minute
+
+
+def _drill(path: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "aftershock",
+            "drill",
+            str(path),
+            "--time-scale",
+            SCALE,
+            "--out",
+            str(out),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=ROOT,
+    )
+
+
+def test_there_is_a_drill_per_hop_and_fault_class() -> None:
+    faults = [json.dumps(yaml.safe_load(p.read_text())["faults"]) for p in DRILLS]
+    joined = " ".join(faults)
+    for toxic in ("latency", "bandwidth", "timeout", "reset_peer", "slicer"):
+        assert f'"type": "{toxic}"' in joined, toxic
+    for kind in ("proxy_down", "kill_replica", "stop_redis"):
+        assert kind in joined, kind
+    for proxy in ("edge_backend", "backend_inference_0", "backend_redis"):
+        assert proxy in joined, proxy
+
+
+@pytest.mark.parametrize("path", DRILLS, ids=[p.stem for p in DRILLS])
+def test_drill_holds(path: Path) -> None:
+    out = ARTIFACTS / "drills"
+    result = _drill(path, out)
+    report = out / path.stem / "report.md"
+    assert result.returncode == 0, f"{result.stdout[-2000:]}\n{report.read_text() if report.exists() else ''}"
+    data = json.loads((out / path.stem / "report.json").read_text())
+    assert data["passed"] is True
+    assert data["summary"]["fault_requests"] > 0, "the load must overlap the fault"
+    assert (out / path.stem / "latency.png").stat().st_size > 10_000
+
+
+def test_reset_peer_report_reads_as_a_person_needs() -> None:
+    out = ARTIFACTS / "drills-report"
+    path = ROOT / "chaos" / "reset-peer-backend-inference.yaml"
+    assert _drill(path, out).returncode == 0
+    report = (out / path.stem / "report.md").read_text()
+    data = json.loads((out / path.stem / "report.json").read_text())
+    # The fault window, the breaker opening, the error rate within the hypothesis, trace ids.
+    assert "| rst-inference-0 |" in report and "reset_peer" in report
+    assert "| breaker inference:inference-0 opened | PASS | open from" in report
+    assert "| error rate during the fault | PASS |" in report
+    assert "![latency.png](latency.png)" in report and "![breakers.png](breakers.png)" in report
+    assert any(
+        row["inference:inference-0"] == 1 for row in data["breakers"] if "inference:inference-0" in row
+    )
+    traced = data["retried_trace_ids"] + data["failed_trace_ids"]
+    assert traced and all(len(t) == 32 for t in traced)
+    assert "Retried requests: `" in report
+
+
+def test_a_broken_setting_makes_its_drill_fail_with_a_clear_verdict() -> None:
+    out = ARTIFACTS / "drills-broken"
+    path = ROOT / "chaos" / "replica-crash.yaml"
+    result = _drill(path, out, "--backend-env", "AFTERSHOCK_BACKEND_RETRY_MAX_ATTEMPTS=1")
+    assert result.returncode == 1, result.stdout[-2000:]
+    report = (out / path.stem / "report.md").read_text()
+    assert report.startswith("# An inference replica crashes under load: FAILED")
+    assert "| failovers happened | **FAIL** | 0 failovers" in report

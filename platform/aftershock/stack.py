@@ -211,9 +211,22 @@ class Stack:
         if binary is None:
             raise RuntimeError("redis-server is not installed (scripts/setup.sh installs it)")
         port = self.redis.port if self.redis is not None else free_port()
-        cmd = [binary, "--port", str(port), "--bind", self.config.host, "--save", "", "--appendonly", "no",
-               "--dir", self._tmp.name]
-        popen = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        cmd = [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            self.config.host,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            self._tmp.name,
+        ]
+        popen = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         self.redis = Proc("redis", popen, port, 0)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

@@ -62,7 +62,9 @@ async def _traffic(stack: Stack, seconds: float) -> None:
 def scraped(e2e_models_file: Path) -> Iterator[PrometheusServer]:
     # chaos=True: the fault proxy runs too, so the resilience dashboard's fault panels have data.
     stack = Stack(
-        StackConfig(replicas=2, models_file=e2e_models_file, log_dir=ARTIFACTS / "test_prometheus", chaos=True)
+        StackConfig(
+            replicas=2, models_file=e2e_models_file, log_dir=ARTIFACTS / "test_prometheus", chaos=True
+        )
     )
     prom: PrometheusServer | None = None
     try:
@@ -77,7 +79,9 @@ def scraped(e2e_models_file: Path) -> Iterator[PrometheusServer]:
         prom = start_prometheus(jobs, sorted((ROOT / "alerts").glob("*.rules.yml")))
         # A harmless toxic stays on during the load, so "active faults" panels have a series to show.
         toxic = {"type": "latency", "stream": "downstream", "attributes": {"latency": 1}}
-        httpx.post(f"{stack.toxiproxy_url}/proxies/edge_backend/toxics", json=toxic, timeout=5).raise_for_status()
+        httpx.post(
+            f"{stack.toxiproxy_url}/proxies/edge_backend/toxics", json=toxic, timeout=5
+        ).raise_for_status()
         asyncio.run(_traffic(stack, 8.0))
         time.sleep(2.5)  # a couple more scrapes and rule evaluations after the load
         yield prom

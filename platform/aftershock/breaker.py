@@ -1,10 +1,12 @@
 """Circuit breakers on pybreaker, for asyncio code.
 
 pybreaker has no asyncio support, and its decorator counts an un-awaited coroutine as a success, so
-it is only ever used as `with breaker.calling(): await ...` (its context manager sees the awaited
-outcome). Two gaps are filled here, thinly: pybreaker's half-open state lets every call through,
-where we admit a bounded number of trial calls; and routing needs to ask "would you admit a call?"
-without making one. State changes become metrics and span events through a pybreaker listener.
+callers write `with breaker.calling(): await ...` and each awaited outcome is fed to pybreaker
+through its own `calling()` context manager, which runs its state machine. Three gaps are filled
+here, thinly: pybreaker's half-open state lets every call through, where we admit a bounded number
+of trial calls; it counts excluded outcomes (a cancelled call, a client error) as successes, where
+we do not report them at all; and routing needs to ask "would you admit a call?" without making
+one. State changes become metrics and span events through a pybreaker listener.
 """
 
 from __future__ import annotations
@@ -63,10 +65,10 @@ class Breaker:
         self.target = target
         self.half_open_max_calls = half_open_max_calls
         self._trials = 0
+        self._is_failure = is_failure
         self._breaker = pybreaker.CircuitBreaker(
             fail_max=fail_max,
             reset_timeout=reset_timeout_s,
-            exclude=[lambda exc: not is_failure(exc)],
             listeners=[_Observer(target, metrics)],
             name=target,
             # Keep the original error: callers map it to a status and may retry elsewhere.
@@ -105,18 +107,35 @@ class Breaker:
                 error_type="circuit_open",
                 retry_after_s=self._breaker.reset_timeout,
             )
+        if self._breaker.current_state == pybreaker.STATE_OPEN:
+            # admits() said the reset timeout has passed: this call is a trial.
+            self._breaker.half_open()
         trial = self._breaker.current_state != pybreaker.STATE_CLOSED
         if trial:
             self._trials += 1
         try:
-            with self._breaker.calling():
-                yield
-        except pybreaker.CircuitBreakerError:
-            raise errors.Unavailable(
-                f"Circuit breaker for {self.target} is open.",
-                error_type="circuit_open",
-                retry_after_s=self._breaker.reset_timeout,
-            ) from None
+            yield
+        except BaseException as exc:
+            # Only real failures reach pybreaker: a cancelled call or a client's bad request says
+            # nothing about the target, and pybreaker would count it as a success (closing a
+            # half-open breaker on no evidence).
+            if self._is_failure(exc):
+                self._report(exc)
+            raise
+        else:
+            self._report(None)
         finally:
             if trial:
                 self._trials -= 1
+
+    def _report(self, exc: BaseException | None) -> None:
+        """Feed one outcome to pybreaker, which moves the state machine (and tells the listener)."""
+        try:
+            with self._breaker.calling():
+                if exc is not None:
+                    raise exc
+        except pybreaker.CircuitBreakerError:
+            pass  # another call opened it meanwhile; this outcome changes nothing
+        except BaseException as reraised:
+            if reraised is not exc:
+                raise

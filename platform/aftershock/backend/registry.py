@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from aftershock.metrics import BackendMetrics
 
@@ -58,7 +58,11 @@ class RegistryConfig(BaseModel):
 
 
 def load_registry_file(path: Path) -> RegistryConfig:
-    return RegistryConfig.model_validate(yaml.safe_load(path.read_text()) or {})
+    raw = yaml.safe_load(path.read_text())
+    if not raw:
+        # An empty file is far likelier a half-written one than an intent to serve nothing.
+        raise ValueError(f"{path} is empty")
+    return RegistryConfig.model_validate(raw)
 
 
 class ModelRegistry:
@@ -81,7 +85,7 @@ class ModelRegistry:
             if mtime == self._mtime and not self.using_fallback:
                 return False
             config = load_registry_file(self._path)
-        except (OSError, yaml.YAMLError, ValidationError) as exc:
+        except (OSError, ValueError, yaml.YAMLError) as exc:  # ValidationError is a ValueError
             if self._mtime is None:
                 log.error("registry unreadable, serving the fallback catalogue", extra={"error": str(exc)})
                 self.using_fallback = True

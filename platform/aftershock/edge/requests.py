@@ -55,7 +55,11 @@ def parse_json_body(body: bytes, model: type[M]) -> M:
 
 
 def _invalid(exc: ValidationError) -> errors.InvalidArgument:
-    first = exc.errors(include_url=False)[0]
+    found = exc.errors(include_url=False)
+    # For a union (content: string or list of parts) pydantic reports every member; the deepest
+    # location is the member the client actually sent, so that is the error worth showing.
+    head = found[0]["loc"][:1]
+    first = max((e for e in found if e["loc"][:1] == head), key=lambda e: len(e["loc"]))
     if first["type"] == "json_invalid":
         return errors.InvalidArgument(f"Request body is not valid JSON: {first['msg']}.")
     if first["type"] == "model_type" and not first["loc"]:

@@ -51,6 +51,37 @@ def error_for_status(status: int, body: bytes) -> errors.AftershockError:
     return errors.Internal(message)
 
 
+# Error codes and types an SSE error event may carry (ours and OpenAI's), as HTTP statuses.
+_STATUS_BY_CODE = {
+    "timeout": 504,
+    "rate_limit_exceeded": 429,
+    "overloaded": 429,
+    "engine_overloaded": 429,
+    "service_unavailable": 503,
+    "no_healthy_replica": 503,
+    "circuit_open": 503,
+    "model_not_found": 404,
+    "invalid_request_error": 400,
+    "rate_limit_error": 429,
+}
+
+
+def stream_error_status(error: object) -> int:
+    """The HTTP status an error event mid-stream stands for: a numeric code or status (vLLM), else our
+    string code or OpenAI's error type; 500 when nothing says more."""
+    if not isinstance(error, dict):
+        return 500
+    for key in ("status", "code"):
+        value = error.get(key)
+        if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+            return int(value)
+    for key in ("code", "type"):
+        status = _STATUS_BY_CODE.get(str(error.get(key)))
+        if status is not None:
+            return status
+    return 500
+
+
 def _not_found(message: str) -> errors.AftershockError:
     err = errors.AftershockError(message, error_type="model_not_found")
     err.code = errors.ModelNotFound.code
@@ -167,8 +198,7 @@ class OpenAIEngine:
                         break
                     chunk = orjson.loads(data)
                     if "error" in chunk:
-                        err = chunk["error"]
-                        raise error_for_status(int(err.get("status", 500) or 500), orjson.dumps(chunk))
+                        raise error_for_status(stream_error_status(chunk["error"]), orjson.dumps(chunk))
                     if chunk.get("usage"):
                         prompt_tokens = int(chunk["usage"].get("prompt_tokens", prompt_tokens))
                         completion = int(chunk["usage"].get("completion_tokens", completion))

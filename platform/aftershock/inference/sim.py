@@ -70,7 +70,7 @@ class _Sequence:
         self.last_token_at = 0.0
         self.completion_tokens = 0
         self.buffer: list[str] = []
-        self.tail = ""
+        self.tail = ""  # generated text held back: it may be the start of a stop string
         self.finish: FinishReason | None = None
         self.deadline_hit = False
         self.event = asyncio.Event()
@@ -83,6 +83,8 @@ class _ModelScheduler:
         self.stats = stats
         self.waiting: deque[_Sequence] = deque()
         self.running: list[_Sequence] = []
+        # Earliest deadline among waiting requests: the queue is only scanned once it has passed.
+        self._wait_deadline = float("inf")
         self.wake = asyncio.Event()
         m = cfg.name
         self.g_running = metrics.num_requests_running.labels(m)
@@ -104,6 +106,8 @@ class _ModelScheduler:
                 retry_after_s=1.0,
             )
         self.waiting.append(seq)
+        if seq.request.deadline is not None and seq.request.deadline < self._wait_deadline:
+            self._wait_deadline = seq.request.deadline
         self.g_waiting.set(len(self.waiting))
         self.wake.set()
 
@@ -149,6 +153,22 @@ class _ModelScheduler:
             self.c_prompt.inc(seq.prompt_tokens)
             self.running.append(seq)
 
+    def _expire_waiting(self, now: float) -> None:
+        """Requests whose deadline passed while they were still queued never get scheduled."""
+        keep: deque[_Sequence] = deque()
+        earliest = float("inf")
+        for seq in self.waiting:
+            deadline = seq.request.deadline
+            if deadline is not None and now >= deadline:
+                seq.deadline_hit = True
+                self._finish(seq, "abort", now)
+                continue
+            keep.append(seq)
+            if deadline is not None and deadline < earliest:
+                earliest = deadline
+        self.waiting = keep
+        self._wait_deadline = earliest
+
     def _emit(self, seq: _Sequence, now: float) -> None:
         token = seq.tokens.next()
         seq.completion_tokens += 1
@@ -160,15 +180,16 @@ class _ModelScheduler:
         seq.last_token_at = now
         reason: FinishReason | None = None
         if seq.stop:
-            token, hit = _cut_at_stop(seq.tail, token, seq.stop)
+            # Text that may be the start of a stop string is held back until it is known not to be.
+            token, seq.tail, hit = split_at_stop(seq.tail + token, seq.stop)
             if hit:
                 reason = "stop"
-            else:
-                seq.tail = (seq.tail + token)[-64:]
-        if token:
-            seq.buffer.append(token)
         if reason is None and seq.completion_tokens >= seq.max_tokens:
             reason = "length"
+            token += seq.tail  # nothing more can complete a stop string
+            seq.tail = ""
+        if token:
+            seq.buffer.append(token)
         if reason is not None:
             self._finish(seq, reason, now)
         else:
@@ -182,6 +203,8 @@ class _ModelScheduler:
                 self.wake.clear()
                 await self.wake.wait()
             now = clock.now()
+            if now >= self._wait_deadline:
+                self._expire_waiting(now)
             self._admit(now)
             next_at = float("inf")
             emitted = 0
@@ -209,6 +232,8 @@ class _ModelScheduler:
                 self.c_gen.inc(emitted)
                 self.stats.generated_tokens += emitted
             self._update_gauges()
+            if self.waiting and self._wait_deadline < next_at:
+                next_at = self._wait_deadline
             delay = next_at - clock.now()
             if delay > 0 and next_at != float("inf"):
                 await clock.sleep(delay)
@@ -217,17 +242,27 @@ class _ModelScheduler:
                 await asyncio.sleep(0)
 
 
-def _cut_at_stop(tail: str, token: str, stops: tuple[str, ...]) -> tuple[str, bool]:
-    """Trim `token` where a stop string begins; True when one was found (stop text is not emitted)."""
-    combined = tail + token
+def split_at_stop(pending: str, stops: tuple[str, ...]) -> tuple[str, str, bool]:
+    """Split unsent text into (send now, hold back, stop found).
+
+    With a stop string in `pending`, everything before its start is sent and generation stops
+    (the stop string itself is never sent). Otherwise the longest tail of `pending` that could
+    still grow into a stop string is held back, as vLLM does, so no stop text ever leaks out.
+    """
     best = -1
-    for s in stops:
-        idx = combined.find(s)
+    for stop in stops:
+        idx = pending.find(stop)
         if idx >= 0 and (best < 0 or idx < best):
             best = idx
-    if best < 0:
-        return token, False
-    return token[: max(0, best - len(tail))], True
+    if best >= 0:
+        return pending[:best], "", True
+    hold = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(pending)), hold, -1):
+            if stop.startswith(pending[-n:]):
+                hold = n
+                break
+    return pending[: len(pending) - hold], pending[len(pending) - hold :], False
 
 
 class SimEngine:

@@ -165,30 +165,41 @@ class VllmEngine:
         first_at = 0.0
         completion = 0
         finished = False
-        timeout = None if request.deadline is None else max(0.0, request.deadline - time.monotonic())
         outputs = engine.generate(prompt, params, request.request_id, trace_headers=carrier or None)
+        pending = outputs.__aiter__()
+        # The loop's deadline (monotonic, like request.deadline) around each wait for the engine only,
+        # never across our yield: a consumer busy with a slow write must not be cancelled by it.
+        loop_deadline = (
+            None
+            if request.deadline is None
+            else asyncio.get_running_loop().time() + (request.deadline - time.monotonic())
+        )
         try:
-            async with asyncio.timeout(timeout):
-                async for out in outputs:
-                    choice = out.outputs[0]
-                    completion += len(choice.token_ids)
-                    if completion and not first_at:
-                        first_at = time.monotonic()
-                    finish = _FINISH.get(choice.finish_reason) if out.finished else None
-                    result = EngineOutput(
-                        [choice.text] if choice.text else [],
-                        len(out.prompt_token_ids or ()),
-                        completion,
-                        finish,
-                    )
-                    if finish is not None:
-                        finished = True
-                        now = time.monotonic()
-                        result.ttft_s = (first_at or now) - arrival
-                        result.e2e_s = now - arrival
-                    yield result
-                    if finished:
-                        return
+            while True:
+                async with asyncio.timeout_at(loop_deadline):
+                    try:
+                        out = await pending.__anext__()
+                    except StopAsyncIteration:
+                        break
+                choice = out.outputs[0]
+                completion += len(choice.token_ids)
+                if completion and not first_at:
+                    first_at = time.monotonic()
+                finish = _FINISH.get(choice.finish_reason) if out.finished else None
+                result = EngineOutput(
+                    [choice.text] if choice.text else [],
+                    len(out.prompt_token_ids or ()),
+                    completion,
+                    finish,
+                )
+                if finish is not None:
+                    finished = True
+                    now = time.monotonic()
+                    result.ttft_s = (first_at or now) - arrival
+                    result.e2e_s = now - arrival
+                yield result
+                if finished:
+                    return
         except TimeoutError:
             raise errors.DeadlineExceeded("The request's deadline passed during generation.") from None
         except ValueError as exc:  # vLLM's request validation errors subclass ValueError

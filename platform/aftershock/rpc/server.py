@@ -46,11 +46,12 @@ class RunningServer:
         """
         await self.set_serving(False)
         loop = asyncio.get_running_loop()
-        stopping = asyncio.ensure_future(self.server.stop(grace_s))
+        # stop(0) can crash grpcio 1.85 after serving calls; None (no grace) does the same safely.
+        stopping = asyncio.ensure_future(self.server.stop(grace_s or None))
         deadline = loop.time() + grace_s
         while busy() and loop.time() < deadline and not stopping.done():  # noqa: ASYNC110 - a counter, no event
             await asyncio.sleep(0.05)
-        await self.server.stop(0)
+        await self.server.stop(None)
         await stopping
 
 

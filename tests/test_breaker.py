@@ -1,0 +1,139 @@
+"""Circuit breakers (pybreaker, used as a context manager): what counts, half-open trials, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import pytest
+from aftershock import errors
+from aftershock.backend.servicer import TryTimeout, is_replica_failure
+from aftershock.breaker import Breaker
+from aftershock.metrics import BackendMetrics, new_registry
+from prometheus_client import CollectorRegistry
+
+RESET_S = 0.05
+
+
+def rpc_error(code: grpc.StatusCode) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), code.name)
+
+
+def make(
+    registry: CollectorRegistry | None = None, fail_max: int = 3, half_open_max_calls: int = 1
+) -> Breaker:
+    return Breaker(
+        "inference:r0",
+        fail_max=fail_max,
+        reset_timeout_s=RESET_S,
+        half_open_max_calls=half_open_max_calls,
+        is_failure=is_replica_failure,
+        metrics=BackendMetrics(registry if registry is not None else new_registry()),
+    )
+
+
+def call(breaker: Breaker, exc: BaseException | None = None) -> None:
+    """One guarded call that ends with `exc` (or succeeds); the outcome is re-raised as is."""
+    with breaker.calling():
+        if exc is not None:
+            raise exc
+
+
+def fail(breaker: Breaker, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE) -> None:
+    with pytest.raises(grpc.aio.AioRpcError):
+        call(breaker, rpc_error(code))
+
+
+def wait_reset() -> None:
+    time.sleep(RESET_S * 1.5)
+
+
+@pytest.mark.parametrize(
+    ("exc", "counts"),
+    [
+        (rpc_error(grpc.StatusCode.UNAVAILABLE), True),
+        (rpc_error(grpc.StatusCode.INTERNAL), True),
+        (rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED), True),
+        (TryTimeout(), True),
+        (rpc_error(grpc.StatusCode.INVALID_ARGUMENT), False),
+        (rpc_error(grpc.StatusCode.NOT_FOUND), False),
+        (rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED), False),  # the caller's own deadline
+        (rpc_error(grpc.StatusCode.CANCELLED), False),
+        (asyncio.CancelledError(), False),
+    ],
+)
+def test_what_a_replica_breaker_counts(exc: BaseException, counts: bool) -> None:
+    assert is_replica_failure(exc) is counts
+
+
+def test_opens_after_fail_max_system_failures_and_refuses() -> None:
+    registry = new_registry()
+    breaker = make(registry)
+    for _ in range(3):
+        fail(breaker)
+    assert breaker.state == "open"
+    assert not breaker.admits()
+    with pytest.raises(errors.Unavailable) as info:
+        call(breaker)
+    assert info.value.error_type == "circuit_open"
+    assert info.value.retry_after_s == RESET_S
+    assert registry.get_sample_value("aftershock_breaker_state", {"target": "inference:r0"}) == 1
+    assert (
+        registry.get_sample_value(
+            "aftershock_breaker_transitions_total", {"target": "inference:r0", "state": "open"}
+        )
+        == 1
+    )
+
+
+def test_client_errors_never_trip_it() -> None:
+    breaker = make()
+    for _ in range(10):
+        with pytest.raises(grpc.aio.AioRpcError):
+            call(breaker, rpc_error(grpc.StatusCode.INVALID_ARGUMENT))
+    assert breaker.state == "closed"
+
+
+def test_half_open_admits_a_bounded_number_of_trials_and_success_closes() -> None:
+    registry = new_registry()
+    breaker = make(registry, half_open_max_calls=1)
+    for _ in range(3):
+        fail(breaker)
+    wait_reset()
+    assert breaker.admits()
+    with breaker.calling():  # the trial call is in flight...
+        assert breaker.state == "half-open"
+        assert not breaker.admits()  # ...so no second one is let through
+        with pytest.raises(errors.Unavailable):
+            call(breaker)
+    assert breaker.state == "closed"
+    assert registry.get_sample_value("aftershock_breaker_state", {"target": "inference:r0"}) == 0
+
+
+def test_failed_trial_reopens() -> None:
+    breaker = make()
+    for _ in range(3):
+        fail(breaker)
+    wait_reset()
+    fail(breaker)
+    assert breaker.state == "open"
+    assert not breaker.admits()
+
+
+def test_cancelled_trial_does_not_close_the_breaker() -> None:
+    breaker = make()
+    for _ in range(3):
+        fail(breaker)
+    wait_reset()
+    with pytest.raises(asyncio.CancelledError):
+        call(breaker, asyncio.CancelledError())
+    assert breaker.state != "closed"
+
+
+def test_forget_drops_the_state_series() -> None:
+    registry = new_registry()
+    breaker = make(registry)
+    assert registry.get_sample_value("aftershock_breaker_state", {"target": "inference:r0"}) == 0
+    breaker.forget()
+    assert registry.get_sample_value("aftershock_breaker_state", {"target": "inference:r0"}) is None

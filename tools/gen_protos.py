@@ -24,7 +24,9 @@ GENERATED = OUT_PACKAGE / "aftershock" / "v1"
 def generate(out_dir: Path) -> None:
     # The mypy-protobuf plugins are scripts beside this interpreter; protoc finds plugins on PATH.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / "aftershock" / "v1").glob("*.proto"))
+    protos = sorted(
+        str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / "aftershock" / "v1").glob("*.proto")
+    )
     include = Path(protoc.__file__).parent / "_proto"
     args = [
         "protoc",
@@ -48,7 +50,9 @@ def main() -> int:
         fresh = out / "aftershock" / "v1"
         names = sorted(p.name for p in fresh.iterdir() if p.is_file())
         if check:
-            committed = sorted(p.name for p in GENERATED.iterdir() if p.suffix in {".py", ".pyi"} and p.name != "__init__.py")
+            committed = sorted(
+                p.name for p in GENERATED.iterdir() if p.suffix in {".py", ".pyi"} and p.name != "__init__.py"
+            )
             _, mismatch, errors = filecmp.cmpfiles(fresh, GENERATED, names, shallow=False)
             stale = sorted(set(mismatch) | set(errors) | (set(committed) - set(names)))
             if stale:
@@ -58,7 +62,9 @@ def main() -> int:
         GENERATED.mkdir(parents=True, exist_ok=True)
         for name in names:
             shutil.copyfile(fresh / name, GENERATED / name)
-        (GENERATED / "__init__.py").write_text('"""Generated from proto/aftershock/v1 by tools/gen_protos.py; do not edit."""\n')
+        (GENERATED / "__init__.py").write_text(
+            '"""Generated from proto/aftershock/v1 by tools/gen_protos.py; do not edit."""\n'
+        )
     return 0
 
 

@@ -19,6 +19,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--edge", help="staging edge URL (default: start a local stack per drill)")
     p.add_argument("--toxiproxy", help="staging Toxiproxy API URL (with --edge)")
     p.add_argument("--backend-metrics", help="staging backend /metrics URL (with --edge)")
+    p.add_argument(
+        "--prometheus", help="Prometheus URL evaluating alerts/ (checks the drills' expected alerts)"
+    )
     p.add_argument("--api-key", help="API key for the edge, if it requires one")
     p.add_argument(
         "--backend-env",
@@ -48,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not (args.toxiproxy and args.backend_metrics):
             print("aftershock drill: --edge needs --toxiproxy and --backend-metrics", file=sys.stderr)
             return 2
-        target = Target(args.edge, args.toxiproxy, args.backend_metrics)
+        target = Target(args.edge, args.toxiproxy, args.backend_metrics, prometheus_url=args.prometheus)
     backend_env = dict(item.split("=", 1) for item in args.backend_env)
     results: list[tuple[str, bool, float, Path]] = []
     for path in paths:

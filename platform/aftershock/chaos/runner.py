@@ -38,6 +38,8 @@ class Target:
     toxiproxy_url: str
     backend_metrics_url: str
     stack: Stack | None = None
+    # The Prometheus that evaluates alerts/ for this stack (staging), to check expected alerts.
+    prometheus_url: str | None = None
 
     def describe(self) -> dict[str, str]:
         where = {"edge": self.edge_url, "toxiproxy": self.toxiproxy_url}
@@ -162,5 +164,20 @@ def run_drill(
         if own and target.stack is not None:
             target.stack.stop()
     records = recorder.snapshot()
-    checks = judge(drill, records, samples, aborted)
+    fired = (
+        _fired_alerts(target.prometheus_url, time.monotonic() - recorder.start)
+        if target.prometheus_url
+        else None
+    )
+    checks = judge(drill, records, samples, aborted, fired)
     return write_report(out, drill, checks, records, samples, target.describe(), aborted)
+
+
+def _fired_alerts(prometheus_url: str, window_s: float) -> set[str]:
+    """Alert names that were firing at any point in the last `window_s` seconds."""
+    import httpx
+
+    query = f'max_over_time(ALERTS{{alertstate="firing"}}[{max(1, int(window_s) + 1)}s])'
+    resp = httpx.get(f"{prometheus_url.rstrip('/')}/api/v1/query", params={"query": query}, timeout=10)
+    resp.raise_for_status()
+    return {r["metric"]["alertname"] for r in resp.json()["data"]["result"]}

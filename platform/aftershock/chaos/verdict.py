@@ -48,8 +48,13 @@ def during_fault(drill: Drill, records: Sequence[Record]) -> list[Record]:
 
 
 def judge(
-    drill: Drill, records: Sequence[Record], samples: Sequence[Sample], aborted: str | None
+    drill: Drill,
+    records: Sequence[Record],
+    samples: Sequence[Sample],
+    aborted: str | None,
+    fired_alerts: set[str] | None = None,
 ) -> list[Check]:
+    """`fired_alerts`: alert names seen firing during the drill (None: no Prometheus to ask)."""
     checks: list[Check] = []
     h, e = drill.hypothesis, drill.expect
     if aborted:
@@ -120,7 +125,18 @@ def judge(
             )
         )
     for alert in e.alerts:
-        checks.append(Check(f"alert {alert} fired", "skipped", "needs --prometheus (staging); not evaluated"))
+        if fired_alerts is None:
+            checks.append(
+                Check(f"alert {alert} fired", "skipped", "needs --prometheus (staging); not evaluated")
+            )
+        else:
+            checks.append(
+                _check(
+                    f"alert {alert} fired",
+                    alert in fired_alerts,
+                    "firing" if alert in fired_alerts else "not seen firing during the drill",
+                )
+            )
     return checks
 
 

@@ -31,9 +31,9 @@ def configure(service: str) -> bool:
     sentry_sdk.init(
         dsn=dsn,
         server_name=f"aftershock-{service}",
-        # Errors only: traces go to OpenTelemetry. No request bodies (prompts) are sent.
+        # Errors only: traces go to OpenTelemetry. No request bodies (prompts) are sent, and no
+        # personal data (sentry-sdk's default).
         traces_sample_rate=0.0,
-        send_default_pii=False,
         max_request_body_size="never",
         before_send=_tag,
     )

@@ -89,7 +89,8 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
                 raise
             except Exception:
                 code = "INTERNAL"
-                log.exception("unhandled error in %s", behavior.__qualname__)
+                with trace.use_span(span, end_on_exit=False):  # the log line (and Sentry) get the trace id
+                    log.exception("unhandled error in %s", behavior.__qualname__)
                 await context.abort(grpc.StatusCode.INTERNAL, "Internal error.")
             finally:
                 metrics.in_flight.dec()
@@ -118,7 +119,8 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
                 raise
             except Exception:
                 code = "INTERNAL"
-                log.exception("unhandled error in %s", behavior.__qualname__)
+                with trace.use_span(span, end_on_exit=False):
+                    log.exception("unhandled error in %s", behavior.__qualname__)
                 await context.abort(grpc.StatusCode.INTERNAL, "Internal error.")
             finally:
                 end_span(span, code)

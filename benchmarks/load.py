@@ -53,6 +53,9 @@ Send = Callable[[int], Awaitable[Result]]
 class HttpTarget:
     """POST /v1/completions on the edge; stream=True counts SSE events as messages."""
 
+    # Set by the benchmark for the dedupe-on configuration: every request carries a fresh key.
+    idempotency_prefix: str | None = None
+
     def __init__(self, base_url: str, model: str, max_tokens: int, stream: bool, connections: int) -> None:
         self.client = httpx.AsyncClient(
             base_url=base_url, timeout=60, limits=httpx.Limits(max_connections=connections)
@@ -64,6 +67,8 @@ class HttpTarget:
         start = time.perf_counter()
         body = orjson.dumps({**self.body, "seed": i, "stream": self.stream})
         headers = {"content-type": "application/json"}
+        if self.idempotency_prefix is not None:
+            headers["idempotency-key"] = f"{self.idempotency_prefix}-{self.stream}-{i}-{time.monotonic_ns()}"
         if not self.stream:
             resp = await self.client.post("/v1/completions", content=body, headers=headers)
             done = time.perf_counter()

@@ -17,6 +17,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -110,12 +111,21 @@ def _all(env: dict[str, str]) -> dict[str, dict[str, str]]:
     return {"inference": env, "backend": env, "edge": env}
 
 
+@dataclass
+class BenchConfig:
+    env: dict[str, dict[str, str]]
+    # A real redis-server for the backend, and a fresh Idempotency-Key on every request.
+    dedupe: bool = False
+
+
 # Filled in main(): telemetry-on needs the discard receiver's port.
-CONFIGS: dict[str, dict[str, dict[str, str]]] = {
+CONFIGS: dict[str, BenchConfig] = {
     # Spans created and exported over OTLP (to a receiver that discards them), metrics on.
-    "telemetry-on": {},
+    "telemetry-on": BenchConfig({}),
     # The OpenTelemetry SDK disabled (no-op spans); Prometheus metrics stay on, as they always are.
-    "telemetry-off": _all({"OTEL_SDK_DISABLED": "true"}),
+    "telemetry-off": BenchConfig(_all({"OTEL_SDK_DISABLED": "true"})),
+    # As telemetry-off, plus dedupe on every request (real redis-server, unique keys).
+    "dedupe-on": BenchConfig(_all({"OTEL_SDK_DISABLED": "true"}), dedupe=True),
 }
 
 
@@ -182,13 +192,16 @@ def main() -> int:
     raw: dict[str, list[Figures]] = {n: [] for n in names}
     for rnd in range(args.rounds):
         for name in names:  # interleave configurations round by round
+            bench = CONFIGS[name]
             config = StackConfig(
                 replicas=1,
                 models_file=HERE / "models.yaml",
-                env=CONFIGS[name],
+                env=bench.env,
                 log_dir=args.out / "logs" / f"{name}-{rnd}",
+                redis=bench.dedupe,
             )
             started = time.monotonic()
+            HttpTarget.idempotency_prefix = f"bench-{rnd}" if bench.dedupe else None
             with Stack(config) as stack:
                 stack.start()
                 figures = asyncio.run(_scenarios(stack, scale, open_s))
@@ -205,13 +218,14 @@ def main() -> int:
         print(f"\n== {name}: median [min - max] over {args.rounds} rounds")
         for key in keys:
             print(f"{key:48s} {_fmt([r[key] for r in raw[name]])}")
-    if len(names) > 1:
-        print("\n== deltas: median of per-round differences")
-        base, other = names[0], names[1]
-        for key in keys:
-            diffs = [a[key] - b[key] for a, b in zip(raw[base], raw[other], strict=True)]
-            if "cpu" in key or "p50" in key or "p99" in key:
-                print(f"{base} - {other}  {key:40s} {_fmt(diffs)}")
+    pairs = [("telemetry-on", "telemetry-off"), ("dedupe-on", "telemetry-off")]
+    for a_name, b_name in pairs:
+        if a_name in raw and b_name in raw:
+            print(f"\n== {a_name} minus {b_name}: median [min - max] of per-round differences")
+            for key in keys:
+                if "cpu" in key or key.endswith(("p50_ms", "p99_ms")):
+                    diffs = [a[key] - b[key] for a, b in zip(raw[a_name], raw[b_name], strict=True)]
+                    print(f"{key:48s} {_fmt(diffs)}")
     receiver.stop()
     print(f"\nraw results: {path}")
     return 0

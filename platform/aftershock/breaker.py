@@ -29,9 +29,12 @@ STATE_VALUE = {pybreaker.STATE_CLOSED: 0, pybreaker.STATE_OPEN: 1, pybreaker.STA
 
 
 class _Observer(pybreaker.CircuitBreakerListener):
-    def __init__(self, target: str, metrics: BackendMetrics | None) -> None:
+    def __init__(
+        self, target: str, metrics: BackendMetrics | None, on_open: Callable[[str], None] | None
+    ) -> None:
         self.target = target
         self.metrics = metrics
+        self.on_open = on_open
 
     def state_change(self, cb: pybreaker.CircuitBreaker, old_state: Any, new_state: Any) -> None:
         old = old_state.name if old_state is not None else "none"
@@ -43,6 +46,8 @@ class _Observer(pybreaker.CircuitBreakerListener):
         if self.metrics is not None:
             self.metrics.breaker_state.labels(self.target).set(STATE_VALUE[new])
             self.metrics.breaker_transitions_total.labels(self.target, new).inc()
+        if new == pybreaker.STATE_OPEN and self.on_open is not None:
+            self.on_open(self.target)
 
 
 class Breaker:
@@ -61,6 +66,7 @@ class Breaker:
         half_open_max_calls: int,
         is_failure: Callable[[BaseException], bool],
         metrics: BackendMetrics | None = None,
+        on_open: Callable[[str], None] | None = None,
     ) -> None:
         self.target = target
         self.half_open_max_calls = half_open_max_calls
@@ -69,7 +75,7 @@ class Breaker:
         self._breaker = pybreaker.CircuitBreaker(
             fail_max=fail_max,
             reset_timeout=reset_timeout_s,
-            listeners=[_Observer(target, metrics)],
+            listeners=[_Observer(target, metrics, on_open)],
             name=target,
             # Keep the original error: callers map it to a status and may retry elsewhere.
             throw_new_error_on_trip=False,
@@ -86,6 +92,14 @@ class Breaker:
     @property
     def state(self) -> str:
         return str(self._breaker.current_state)
+
+    @property
+    def reset_timeout_s(self) -> float:
+        return float(self._breaker.reset_timeout)
+
+    def trip(self) -> None:
+        """Open now (a peer saw the target fail): the usual reset timeout and trial calls follow."""
+        self._breaker.open()
 
     def admits(self) -> bool:
         """Would a call be let through now? (Routing skips a replica whose breaker would refuse.)"""

@@ -36,6 +36,7 @@ class Replica:
         breaker: BreakerConfig | None = None,
         metrics: BackendMetrics | None = None,
         is_failure: Callable[[BaseException], bool] = lambda exc: True,
+        on_open: Callable[[str], None] | None = None,
     ) -> None:
         bc = breaker or BreakerConfig()
         self.breaker = Breaker(
@@ -45,6 +46,7 @@ class Replica:
             half_open_max_calls=bc.half_open_max_calls,
             is_failure=is_failure,
             metrics=metrics,
+            on_open=on_open,
         )
         self.name = config.name
         self.address = config.address
@@ -81,6 +83,8 @@ class ReplicaPool:
         self._metrics = metrics
         self._breaker = breaker or BreakerConfig()
         self._is_failure = is_failure
+        # Set when breaker state is shared with other backends (BreakerSync.opened).
+        self.on_breaker_open: Callable[[str], None] | None = None
         self._retry_min_s = retry_min_s
         self._retry_max_s = retry_max_s
         self.replicas: dict[str, Replica] = {}
@@ -103,7 +107,7 @@ class ReplicaPool:
                 await old.close()
         for name, rc in wanted.items():
             if name not in self.replicas:
-                replica = Replica(rc, self._breaker, self._metrics, self._is_failure)
+                replica = Replica(rc, self._breaker, self._metrics, self._is_failure, self.on_breaker_open)
                 self.replicas[name] = replica
                 replica._watch = asyncio.create_task(self._watch(replica), name=f"health-{name}")
         self._publish()
@@ -176,3 +180,6 @@ class ReplicaPool:
         for replica in self.replicas.values():
             await replica.close()
         self.replicas.clear()
+
+    def breakers(self) -> dict[str, Breaker]:
+        return {r.breaker.target: r.breaker for r in self.replicas.values()}

@@ -9,6 +9,7 @@ import logging
 from opentelemetry.instrumentation.redis import RedisInstrumentor
 from prometheus_client import CollectorRegistry
 
+from aftershock.backend.breaker_sync import BreakerSync
 from aftershock.backend.dedupe import Dedupe
 from aftershock.backend.registry import ModelRegistry
 from aftershock.backend.replicas import ReplicaPool
@@ -36,6 +37,10 @@ class BackendService:
             self.metrics, breaker=settings.breaker_config(), is_failure=is_replica_failure
         )
         self.router = Router(self.models, self.pool)
+        self.breaker_sync: BreakerSync | None = None
+        if settings.breaker_shared_state and settings.redis_url:
+            self.breaker_sync = BreakerSync(settings.redis_url, self.pool.breakers)
+            self.pool.on_breaker_open = self.breaker_sync.opened
         dedupe_config = settings.dedupe_config()
         self.dedupe = Dedupe(dedupe_config, self.metrics) if dedupe_config is not None else None
         self._server: RunningServer | None = None
@@ -53,6 +58,8 @@ class BackendService:
             RedisInstrumentor().instrument()
             await self.dedupe.start()
         await self.pool.apply(self.models.config)
+        if self.breaker_sync is not None:
+            await self.breaker_sync.start()
         self._status = StatusInterceptor(self.metrics, self.models.model_names)
         servicer = BackendServicer(
             self.models,
@@ -92,6 +99,8 @@ class BackendService:
                 busy=lambda: status.active if status is not None else 0,
             )
         await self.pool.close()
+        if self.breaker_sync is not None:
+            await self.breaker_sync.close()
         if self.dedupe is not None:
             await self.dedupe.close()
 

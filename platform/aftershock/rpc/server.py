@@ -20,6 +20,9 @@ SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    # Clients reconnect every few minutes (open streams finish first: the grace is unbounded), so
+    # replicas added behind one Service address start getting traffic from existing clients.
+    ("grpc.max_connection_age_ms", 300_000),
 )
 
 

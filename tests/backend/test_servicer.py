@@ -12,8 +12,8 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
+from aftershock.backend.resume import is_deterministic, skip_delivered
 from aftershock.backend.service import BackendService
-from aftershock.backend.servicer import is_deterministic, skip_delivered
 from aftershock.inference.sim_config import SimModelConfig
 from aftershock.inference.sim_tokens import TokenStream, expected_text
 from aftershock.ports import free_port

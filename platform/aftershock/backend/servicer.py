@@ -25,6 +25,7 @@ from aftershock import errors
 from aftershock.backend.dedupe import Dedupe, content_key, fingerprint
 from aftershock.backend.registry import ModelRegistry
 from aftershock.backend.replicas import Replica, ReplicaPool
+from aftershock.backend.resume import is_deterministic, skip_delivered, text_length
 from aftershock.backend.retry import RETRYABLE, RetryBudget, RetryConfig, backoff_s
 from aftershock.backend.router import Router
 from aftershock.clock import SYSTEM_CLOCK, Clock
@@ -43,34 +44,6 @@ INFERENCE_GENERATE = "/aftershock.v1.Inference/Generate"
 
 class TryTimeout(Exception):
     """A try produced no first message within the per-try timeout."""
-
-
-def is_deterministic(request: pb.GenerateRequest) -> bool:
-    s = request.sampling
-    return s.HasField("seed") or (s.HasField("temperature") and s.temperature == 0.0)
-
-
-def skip_delivered(msg: pb.GenerateResponse, skip: int) -> tuple[pb.GenerateResponse | None, int]:
-    """Drop the first `skip` characters of a resumed stream's text.
-
-    A deterministic request regenerates the same text on any replica, though not necessarily in
-    the same pieces, so characters (not messages or pieces) are the unit that lines up. Returns the
-    message left to send (None when nothing is left and it is not the last) and what is left to skip.
-    """
-    pieces = list(msg.tokens)
-    kept: list[str] = []
-    for i, piece in enumerate(pieces):
-        if skip >= len(piece):
-            skip -= len(piece)
-            continue
-        kept = [piece[skip:], *pieces[i + 1 :]]
-        skip = 0
-        break
-    if not kept and not msg.finish_reason:
-        return None, skip
-    del msg.tokens[:]
-    msg.tokens.extend(kept)
-    return msg, skip
 
 
 # Failures that say something about the replica. A DEADLINE_EXCEEDED from the call itself is the
@@ -208,7 +181,7 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
                             if kept is None:
                                 continue
                             msg = kept
-                        delivered += sum(len(t) for t in msg.tokens)
+                        delivered += text_length(msg)
                         if msg.completion_tokens > counted:
                             out_tokens.inc(msg.completion_tokens - counted)
                             counted = msg.completion_tokens

@@ -182,11 +182,13 @@ def main() -> int:
     args = parser.parse_args()
     names = [c for c in args.configs.split(",") if c]
     receiver = _DiscardReceiver()
-    CONFIGS["telemetry-on"] = _all(
-        {
-            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}",
-            "OTEL_EXPORTER_OTLP_INSECURE": "true",
-        }
+    CONFIGS["telemetry-on"] = BenchConfig(
+        _all(
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}",
+                "OTEL_EXPORTER_OTLP_INSECURE": "true",
+            }
+        )
     )
     scale, open_s = (0.25, 5.0) if args.quick else (1.0, 20.0)
     raw: dict[str, list[Figures]] = {n: [] for n in names}

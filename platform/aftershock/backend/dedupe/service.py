@@ -299,17 +299,3 @@ class Dedupe:
             metric.inc()
         trace.get_current_span().add_event("dedupe", {"aftershock.dedupe.outcome": outcome})
 
-
-__all__ = [
-    "Bypass",
-    "Claim",
-    "Dedupe",
-    "DedupeConfig",
-    "Join",
-    "Outcome",
-    "OwnerLost",
-    "Replay",
-    "collapse",
-    "content_key",
-    "fingerprint",
-]

@@ -50,7 +50,6 @@ from aftershock.backend.dedupe.config import (
     T,
     _RedisDown,
 )
-from aftershock.backend.dedupe.keys import content_key, fingerprint
 from aftershock.backend.dedupe.outcomes import Bypass, Claim, Join, Outcome, Replay, _closing
 from aftershock.backend.dedupe.scripts import (
     _ABANDON,

@@ -13,10 +13,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from aftershock.chaos.users import CompletionUser, LoadSettings, StreamingUser, _EdgeUser
+from aftershock.chaos.users import CompletionUser, EdgeUser, LoadSettings, StreamingUser
 from locust import events
 
-_EdgeUser.settings = LoadSettings(
+EdgeUser.settings = LoadSettings(
     model=os.environ.get("AFTERSHOCK_LOAD_MODEL", "sim-small"),
     max_tokens=int(os.environ.get("AFTERSHOCK_LOAD_MAX_TOKENS", "16")),
     api_key=os.environ.get("AFTERSHOCK_LOAD_API_KEY") or None,
@@ -36,7 +36,7 @@ def _pct(values: list[float], q: float) -> float:
 
 @events.quitting.add_listener
 def _summary(environment: Any, **_: Any) -> None:
-    records = _EdgeUser.recorder.snapshot()
+    records = EdgeUser.recorder.snapshot()
     for stream in (False, True):
         ok = [r for r in records if r.ok and r.stream == stream]
         ttft = [r.ttft_s * 1000 for r in ok if r.ttft_s is not None]

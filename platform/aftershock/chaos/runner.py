@@ -20,7 +20,7 @@ from aftershock.chaos.faults import FaultInjector
 from aftershock.chaos.report import write_report
 from aftershock.chaos.sampler import MetricsSampler
 from aftershock.chaos.spec import Drill, Fault
-from aftershock.chaos.users import CompletionUser, LoadSettings, Recorder, StreamingUser, _EdgeUser
+from aftershock.chaos.users import CompletionUser, EdgeUser, LoadSettings, Recorder, StreamingUser
 from aftershock.chaos.verdict import judge
 from aftershock.stack import Stack, StackConfig
 
@@ -82,10 +82,10 @@ def _configure_users(drill: Drill, recorder: Recorder, api_key: str | None) -> l
         timeout_s=load.request_timeout_s,
         api_key=api_key,
     )
-    _EdgeUser.settings = settings
-    _EdgeUser.recorder = recorder
-    _EdgeUser._keys = []
-    _EdgeUser.wait_time = between(*load.think_time_s)
+    EdgeUser.settings = settings
+    EdgeUser.recorder = recorder
+    EdgeUser._keys = []
+    EdgeUser.wait_time = between(*load.think_time_s)
     streaming = round(load.stream_share * 100)
     StreamingUser.weight = streaming
     CompletionUser.weight = 100 - streaming

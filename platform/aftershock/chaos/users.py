@@ -69,7 +69,7 @@ def _trace_id(headers: Any) -> str:
     return parts[1] if len(parts) == 4 else ""
 
 
-class _EdgeUser(HttpUser):
+class EdgeUser(HttpUser):
     abstract = True
     wait_time = between(0.05, 0.2)
     settings: ClassVar[LoadSettings] = LoadSettings()
@@ -114,7 +114,7 @@ class _EdgeUser(HttpUser):
         )
 
 
-class CompletionUser(_EdgeUser):
+class CompletionUser(EdgeUser):
     """Non-streamed chat completions."""
 
     @task
@@ -151,7 +151,7 @@ class CompletionUser(_EdgeUser):
             )
 
 
-class StreamingUser(_EdgeUser):
+class StreamingUser(EdgeUser):
     """Streamed chat completions over SSE; time to first token is the first content event."""
 
     stream = True

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import aftershock.metrics as metrics_module
 import httpx
 import pytest
 from aftershock.stack import Stack, StackConfig
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.servers import RedisServer, start_redis
@@ -31,6 +35,31 @@ def metric(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: 
     """Sum of the samples of `name` whose labels include `labels`."""
     want = set(labels.items())
     return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))
+
+
+@pytest.fixture(scope="session")
+def exposed() -> dict[str, set[str]]:
+    """Sample name -> label names, from instantiating every metrics class in aftershock.metrics:
+    what dashboards and alert rules may refer to."""
+    samples: dict[str, set[str]] = {}
+    classes = [
+        cls
+        for _, cls in inspect.getmembers(metrics_module, inspect.isclass)
+        if cls.__module__ == metrics_module.__name__ and "registry" in inspect.signature(cls).parameters
+    ]
+    assert classes, "no metric classes found in aftershock.metrics"
+    for cls in classes:
+        registry = CollectorRegistry()
+        params = inspect.signature(cls).parameters
+        instance = cls(**({"registry": registry} | ({"service": "test"} if "service" in params else {})))
+        for value in vars(instance).values():
+            # A labelled metric exposes no samples until it has a child; make one of each.
+            if isinstance(value, MetricWrapperBase) and value._is_parent():  # type: ignore[no-untyped-call]
+                value.labels(*["x"] * len(value._labelnames))
+        for family in registry.collect():
+            for sample in family.samples:
+                samples.setdefault(sample.name, set()).update(sample.labels)
+    return samples
 
 
 @pytest.fixture(scope="session")

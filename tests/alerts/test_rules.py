@@ -5,7 +5,6 @@ metrics and labels that aftershock.metrics defines."""
 from __future__ import annotations
 
 import importlib.util
-import inspect
 import shutil
 import subprocess
 import sys
@@ -15,11 +14,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import aftershock.metrics as metrics_module
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry
-from prometheus_client.metrics import MetricWrapperBase
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -79,31 +75,6 @@ def unit_test_runs(promtool: str) -> Iterator[dict[Path, Future[subprocess.Compl
     """`promtool test rules` on every test file, all started at once (each replays hours of samples)."""
     with ThreadPoolExecutor(max_workers=max(len(UNIT_TEST_FILES), 1)) as pool:
         yield {path: pool.submit(_run, [promtool, "test", "rules", str(path)]) for path in UNIT_TEST_FILES}
-
-
-@pytest.fixture(scope="module")
-def exposed() -> dict[str, set[str]]:
-    """Sample name -> label names, from instantiating every metrics class in aftershock.metrics."""
-    samples: dict[str, set[str]] = {}
-    classes = [
-        cls
-        for _, cls in inspect.getmembers(metrics_module, inspect.isclass)
-        if cls.__module__ == metrics_module.__name__ and "registry" in inspect.signature(cls).parameters
-    ]
-    assert classes, "no metric classes found in aftershock.metrics"
-    for cls in classes:
-        registry = CollectorRegistry()
-        params = inspect.signature(cls).parameters
-        kwargs: dict[str, Any] = {"registry": registry} | ({"service": "test"} if "service" in params else {})
-        instance = cls(**kwargs)
-        for value in vars(instance).values():
-            # A labelled metric exposes no sample until it has a child: make one.
-            if isinstance(value, MetricWrapperBase) and value._is_parent():  # type: ignore[no-untyped-call]
-                value.labels(*["x"] * len(value._labelnames))
-        for family in registry.collect():
-            for sample in family.samples:
-                samples.setdefault(sample.name, set()).update(sample.labels)
-    return samples
 
 
 @pytest.fixture(scope="module")

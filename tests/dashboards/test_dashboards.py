@@ -4,7 +4,6 @@ provisioning files wire the datasources the dashboards use."""
 from __future__ import annotations
 
 import importlib.util
-import inspect
 import json
 import re
 import shutil
@@ -13,14 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import aftershock.metrics as metrics_module
 import pytest
 import yaml
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.cog.plugins import register_default_plugins
 from grafana_foundation_sdk.models.dashboard import Dashboard
-from prometheus_client import CollectorRegistry
-from prometheus_client.metrics import MetricWrapperBase
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = ROOT / "dashboards"
@@ -44,30 +40,6 @@ def dashboards() -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def all_queries(dashboards: list[dict[str, Any]]) -> list[queries.DashboardQuery]:
     return list(queries.iter_queries(dashboards))
-
-
-@pytest.fixture(scope="module")
-def exposed() -> dict[str, set[str]]:
-    """Sample name -> label names, from instantiating every metrics class in aftershock.metrics."""
-    samples: dict[str, set[str]] = {}
-    classes = [
-        cls
-        for _, cls in inspect.getmembers(metrics_module, inspect.isclass)
-        if cls.__module__ == metrics_module.__name__ and "registry" in inspect.signature(cls).parameters
-    ]
-    assert classes, "no metric classes found in aftershock.metrics"
-    for cls in classes:
-        registry = CollectorRegistry()
-        params = inspect.signature(cls).parameters
-        instance = cls(**({"registry": registry} | ({"service": "test"} if "service" in params else {})))
-        for value in vars(instance).values():
-            # A labelled metric exposes no samples until it has a child; make one of each.
-            if isinstance(value, MetricWrapperBase) and value._is_parent():  # type: ignore[no-untyped-call]
-                value.labels(*["x"] * len(value._labelnames))
-        for family in registry.collect():
-            for sample in family.samples:
-                samples.setdefault(sample.name, set()).update(sample.labels)
-    return samples
 
 
 def _panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:

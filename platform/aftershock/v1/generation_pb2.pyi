@@ -31,6 +31,10 @@ class _FinishReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FinishRe
     FINISH_REASON_STOP: _FinishReason.ValueType  # 1
     FINISH_REASON_LENGTH: _FinishReason.ValueType  # 2
     FINISH_REASON_ABORT: _FinishReason.ValueType  # 3
+    FINISH_REASON_ERROR: _FinishReason.ValueType  # 4
+    """The engine failed this request (vLLM's "error"): retryable on another replica."""
+    FINISH_REASON_REPETITION: _FinishReason.ValueType  # 5
+    """The engine stopped a repeating output (vLLM's "repetition"): a clean end."""
 
 class FinishReason(_FinishReason, metaclass=_FinishReasonEnumTypeWrapper): ...
 
@@ -38,6 +42,10 @@ FINISH_REASON_UNSPECIFIED: FinishReason.ValueType  # 0
 FINISH_REASON_STOP: FinishReason.ValueType  # 1
 FINISH_REASON_LENGTH: FinishReason.ValueType  # 2
 FINISH_REASON_ABORT: FinishReason.ValueType  # 3
+FINISH_REASON_ERROR: FinishReason.ValueType  # 4
+"""The engine failed this request (vLLM's "error"): retryable on another replica."""
+FINISH_REASON_REPETITION: FinishReason.ValueType  # 5
+"""The engine stopped a repeating output (vLLM's "repetition"): a clean end."""
 Global___FinishReason: _TypeAlias = FinishReason  # noqa: Y015
 
 @_typing.final
@@ -141,6 +149,8 @@ class GenerateRequest(_message.Message):
     STREAM_FIELD_NUMBER: _builtins.int
     STREAM_INTERVAL_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    COMPLETION_ID_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     model: _builtins.str
     prompt: _builtins.str
@@ -152,6 +162,11 @@ class GenerateRequest(_message.Message):
     """Tokens per message when streaming (vLLM's --stream-interval); 0 or 1 sends whatever is ready."""
     idempotency_key: _builtins.str
     """Content hash or client key used by the backend for dedupe; informational downstream."""
+    completion_id: _builtins.str
+    """The OpenAI response id and creation time the edge chose for this request. Dedupe keeps the
+    first generation's pair, so a duplicate or a replay answers with the original id and created.
+    """
+    created: _builtins.int
     @_builtins.property
     def chat(self) -> Global___ChatMessages: ...
     @_builtins.property
@@ -167,10 +182,12 @@ class GenerateRequest(_message.Message):
         stream: _builtins.bool = ...,
         stream_interval: _builtins.int = ...,
         idempotency_key: _builtins.str = ...,
+        completion_id: _builtins.str = ...,
+        created: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat", "input", b"input", "prompt", b"prompt", "sampling", b"sampling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat", "idempotency_key", b"idempotency_key", "input", b"input", "model", b"model", "prompt", b"prompt", "request_id", b"request_id", "sampling", b"sampling", "stream", b"stream", "stream_interval", b"stream_interval"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat", "completion_id", b"completion_id", "created", b"created", "idempotency_key", b"idempotency_key", "input", b"input", "model", b"model", "prompt", b"prompt", "request_id", b"request_id", "sampling", b"sampling", "stream", b"stream", "stream_interval", b"stream_interval"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_input: _TypeAlias = _typing.Literal["prompt", "chat"]  # noqa: Y015
     _WhichOneofArgType_input: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
@@ -217,6 +234,10 @@ class GenerateResponse(_message.Message):
     TIMING_FIELD_NUMBER: _builtins.int
     REPLICA_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
+    COMPLETION_ID_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    REPRODUCIBLE_FIELD_NUMBER: _builtins.int
     prompt_tokens: _builtins.int
     completion_tokens: _builtins.int
     """Tokens generated so far for this request, this message included."""
@@ -226,6 +247,17 @@ class GenerateResponse(_message.Message):
     """Which replica produced this message (set by the backend)."""
     attempts: _builtins.int
     """Tries the backend has made for this request so far, this one included (1: no retry)."""
+    completion_id: _builtins.str
+    """Set on the first message the client sees when it differs from the request: the original
+    response's id and created for a dedupe join or replay (see GenerateRequest).
+    """
+    created: _builtins.int
+    model: _builtins.str
+    """The model that actually served (a fallback chain may pick another than the one asked for)."""
+    reproducible: _builtins.bool
+    """The engine declares its output reproducible for seeded or greedy requests (mid-stream resume
+    relies on it: the sim always, vLLM only with batch invariance, an upstream server when so set).
+    """
     @_builtins.property
     def tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Generated text in this message, in order: one entry per token where the engine can
@@ -245,10 +277,14 @@ class GenerateResponse(_message.Message):
         timing: Global___Timing | None = ...,
         replica: _builtins.str = ...,
         attempts: _builtins.int = ...,
+        completion_id: _builtins.str = ...,
+        created: _builtins.int = ...,
+        model: _builtins.str = ...,
+        reproducible: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["timing", b"timing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "completion_tokens", b"completion_tokens", "finish_reason", b"finish_reason", "prompt_tokens", b"prompt_tokens", "replica", b"replica", "timing", b"timing", "tokens", b"tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "completion_id", b"completion_id", "completion_tokens", b"completion_tokens", "created", b"created", "finish_reason", b"finish_reason", "model", b"model", "prompt_tokens", b"prompt_tokens", "replica", b"replica", "reproducible", b"reproducible", "timing", b"timing", "tokens", b"tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -264,6 +300,7 @@ class ModelInfo(_message.Message):
     ENGINE_FIELD_NUMBER: _builtins.int
     READY_REPLICAS_FIELD_NUMBER: _builtins.int
     TOTAL_REPLICAS_FIELD_NUMBER: _builtins.int
+    REPRODUCIBLE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     max_model_len: _builtins.int
     max_output_tokens: _builtins.int
@@ -272,6 +309,8 @@ class ModelInfo(_message.Message):
     ready_replicas: _builtins.int
     """Reachable replicas serving this model (set by the backend)."""
     total_replicas: _builtins.int
+    reproducible: _builtins.bool
+    """See GenerateResponse.reproducible."""
     def __init__(
         self,
         *,
@@ -281,10 +320,11 @@ class ModelInfo(_message.Message):
         engine: _builtins.str = ...,
         ready_replicas: _builtins.int = ...,
         total_replicas: _builtins.int = ...,
+        reproducible: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["engine", b"engine", "max_model_len", b"max_model_len", "max_output_tokens", b"max_output_tokens", "name", b"name", "ready_replicas", b"ready_replicas", "total_replicas", b"total_replicas"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["engine", b"engine", "max_model_len", b"max_model_len", "max_output_tokens", b"max_output_tokens", "name", b"name", "ready_replicas", b"ready_replicas", "reproducible", b"reproducible", "total_replicas", b"total_replicas"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

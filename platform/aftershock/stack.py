@@ -20,9 +20,9 @@ from typing import IO
 import httpx
 import yaml
 
-from aftershock.chaos import topology
-from aftershock.chaos.topology import Proxy
+from aftershock import topology
 from aftershock.ports import free_port
+from aftershock.topology import Proxy
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,8 @@ class StackConfig:
     shutdown_grace_s: float = 10.0
     # Put a fault proxy (Toxiproxy API) on every hop: edge->backend and backend->each replica.
     chaos: bool = False
-    # Start a redis-server (Debian's) for the backend's dedupe; with chaos, behind backend_redis.
+    # Start a redis-server (Debian's) for the backend's dedupe and the edge's rate limits; with
+    # chaos, behind the backend_redis and edge_redis proxies.
     redis: bool = False
 
 
@@ -82,6 +83,12 @@ class Stack:
     def toxiproxy_url(self) -> str:
         assert self.toxiproxy is not None
         return f"http://{self.config.host}:{self.toxiproxy.port}"
+
+    @property
+    def redis_url(self) -> str:
+        """The real redis-server, not a proxy in front of it."""
+        assert self.redis is not None
+        return f"redis://{self.config.host}:{self.redis.port}/0"
 
     def procs(self) -> list[Proc]:
         """In start order: the fault proxy first, then the path from inference up to the edge."""
@@ -162,11 +169,14 @@ class Stack:
             address = self._through_proxy(topology.BACKEND_REDIS, self.redis.port)
             backend_args += ["--redis-url", f"redis://{address}/0"]
         self.backend = self._spawn("backend", "backend", backend_args, free_port(), free_port())
-        backend_address = self._through_proxy(topology.EDGE_BACKEND, self.backend.port)
+        edge_args = ["--backend", self._through_proxy(topology.EDGE_BACKEND, self.backend.port)]
+        if self.redis is not None:
+            address = self._through_proxy(topology.EDGE_REDIS, self.redis.port)
+            edge_args += ["--redis-url", f"redis://{address}/0"]
         self.edge = self._spawn(
             "edge",
             "edge",
-            ["--backend", backend_address],
+            edge_args,
             self.config.edge_port or free_port(),
             free_port(),
         )

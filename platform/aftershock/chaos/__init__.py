@@ -1,1 +1,1 @@
-"""Chaos: the fault-proxy topology of a stack (and, later, drills)."""
+"""Chaos drills: timed faults through the stack's fault proxy under load, judged and reported."""

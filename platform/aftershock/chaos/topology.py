@@ -1,26 +1,6 @@
-"""Names of the Toxiproxy proxies on every hop, shared by `aftershock up --chaos`, the drills and
-the staging stack in deploy/ (the real Toxiproxy), so one drill drives either."""
+"""The proxy names the drills use: the stack's own (`aftershock.topology`), re-exported here for
+code that still imports them from chaos (tests/deploy until it moves to `aftershock.topology`)."""
 
-from __future__ import annotations
+from aftershock.topology import BACKEND_REDIS, EDGE_BACKEND, EDGE_REDIS, Proxy, backend_inference
 
-from dataclasses import dataclass
-
-EDGE_BACKEND = "edge_backend"
-BACKEND_REDIS = "backend_redis"
-EDGE_REDIS = "edge_redis"
-
-
-def backend_inference(index: int) -> str:
-    """The proxy in front of inference replica `index` (inference-<index>)."""
-    return f"backend_inference_{index}"
-
-
-@dataclass(frozen=True)
-class Proxy:
-    name: str
-    listen: str  # host:port the client side connects to
-    upstream: str  # host:port of the real service
-
-    def as_toxiproxy(self) -> dict[str, object]:
-        """The JSON object Toxiproxy's POST /populate and POST /proxies take."""
-        return {"name": self.name, "listen": self.listen, "upstream": self.upstream, "enabled": True}
+__all__ = ["BACKEND_REDIS", "EDGE_BACKEND", "EDGE_REDIS", "Proxy", "backend_inference"]

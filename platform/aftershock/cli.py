@@ -31,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--models-file", type=Path, help="sim models YAML for every replica")
     up.add_argument("--ready-timeout", type=float, default=60.0)
     up.add_argument("--chaos", action="store_true", help="put a fault proxy (Toxiproxy API) on every hop")
+    up.add_argument(
+        "--redis", action="store_true", help="start a local redis-server for dedupe and rate limits"
+    )
 
     inf = sub.add_parser("inference", help="run the inference service")
     _common(inf)
@@ -46,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     edge = sub.add_parser("edge", help="run the HTTP edge")
     _common(edge)
     edge.add_argument("--backend", dest="backend_target", help="backend host:port")
+    edge.add_argument("--redis-url", dest="redis_url", help="Redis for rate limits (redis://host:port/db)")
 
     sub.add_parser("drill", help="run chaos drills (aftershock drill --help)", add_help=False)
     tp = sub.add_parser("toxiproxy", help="run the Toxiproxy-API fault proxy", add_help=False)
@@ -83,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from aftershock.edge.service import run as run_edge
         from aftershock.edge.settings import EdgeSettings
 
-        edge = EdgeSettings(**_overrides(args, (*common, "backend_target")))
+        edge = EdgeSettings(**_overrides(args, (*common, "backend_target", "redis_url")))
         return runtime.run("edge", edge.log_level, run_edge(edge))
     from aftershock.up import StackOptions, run_stack
 
@@ -94,5 +98,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             models_file=args.models_file,
             ready_timeout_s=args.ready_timeout,
             chaos=args.chaos,
+            redis=args.redis,
         )
     )

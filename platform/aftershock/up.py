@@ -22,7 +22,10 @@ class StackOptions:
     replicas: int = 2
     models_file: Path | None = None
     ready_timeout_s: float = 60.0
+    # A fault proxy (Toxiproxy API) on every hop, proxies named as in aftershock.topology.
     chaos: bool = False
+    # A local redis-server for the backend's dedupe and the edge's rate limits.
+    redis: bool = False
 
 
 def run_stack(options: StackOptions) -> int:
@@ -36,7 +39,13 @@ def run_stack(options: StackOptions) -> int:
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     stack = Stack(
-        StackConfig(replicas=options.replicas, edge_port=options.edge_port, models_file=options.models_file)
+        StackConfig(
+            replicas=options.replicas,
+            edge_port=options.edge_port,
+            models_file=options.models_file,
+            chaos=options.chaos,
+            redis=options.redis,
+        )
     )
     try:
         stack.start(ready_timeout_s=options.ready_timeout_s)
@@ -50,6 +59,8 @@ def run_stack(options: StackOptions) -> int:
     lines.append(f"  backend    grpc {stack.backend.port}  metrics {stack.backend.metrics_port}")
     for p in stack.inference:
         lines.append(f"  {p.name:<10} grpc {p.port}  metrics {p.metrics_port}")
+    if stack.redis is not None:
+        lines.append(f"  redis      {stack.redis_url}  (backend dedupe, edge rate limits)")
     if stack.toxiproxy is not None:
         lines.append(
             f"  fault proxy (Toxiproxy API) {stack.toxiproxy_url}  metrics {stack.toxiproxy.metrics_port}"

@@ -1,40 +1,22 @@
-"""Fixtures shared by the whole suite: real service processes and a Prometheus text reader."""
+"""Fixtures shared by the whole suite: a running stack of real processes, redis-server, and the
+metric names aftershock.metrics exposes. Helpers live in their own modules: tests/stack_support.py
+(running_stack), tests/scrape.py (reading /metrics), tests/polling.py (waiting for a condition)."""
 
 from __future__ import annotations
 
 import inspect
-import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import aftershock.metrics as metrics_module
-import httpx
 import pytest
-from aftershock.stack import Stack, StackConfig
+from aftershock.stack import Stack
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.servers import RedisServer, start_redis
-
-TESTS = Path(__file__).resolve().parent
-ARTIFACTS = Path(os.environ.get("AFTERSHOCK_TEST_ARTIFACTS", "/tmp/aftershock-test-artifacts"))
-
-
-def scrape(port: int, host: str = "127.0.0.1") -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """One /metrics scrape as {(sample name, sorted labels): value}."""
-    text = httpx.get(f"http://{host}:{port}/metrics", timeout=5).text
-    out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return out
-
-
-def metric(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
-    """Sum of the samples of `name` whose labels include `labels`."""
-    want = set(labels.items())
-    return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))
+from tests.stack_support import ARTIFACTS as ARTIFACTS
+from tests.stack_support import TESTS as TESTS
+from tests.stack_support import running_stack
 
 
 @pytest.fixture(scope="session")
@@ -62,21 +44,12 @@ def exposed() -> dict[str, set[str]]:
     return samples
 
 
-@pytest.fixture(scope="session")
-def e2e_models_file() -> Path:
-    return TESTS / "e2e" / "models.yaml"
-
-
 @pytest.fixture(scope="module")
-def stack(request: pytest.FixtureRequest, e2e_models_file: Path) -> Iterator[Stack]:
-    """Two inference replicas, a backend and an edge as real processes on loopback."""
-    log_dir = ARTIFACTS / request.module.__name__.rsplit(".", 1)[-1]
-    s = Stack(StackConfig(replicas=2, models_file=e2e_models_file, log_dir=log_dir, shutdown_grace_s=5))
-    try:
-        s.start(ready_timeout_s=60)
+def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
+    """Two inference replicas, a backend and an edge as real processes on loopback, shared by a
+    module's tests; a module that needs other settings uses running_stack itself."""
+    with running_stack(request.module.__name__.rsplit(".", 1)[-1], shutdown_grace_s=5) as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture(scope="session")

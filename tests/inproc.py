@@ -7,8 +7,7 @@ service processes run, wired over loopback, with no process start-up cost.
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,9 @@ from aftershock.metrics import EngineMetrics, new_registry
 from aftershock.v1 import backend_pb2_grpc, inference_pb2_grpc
 from aftershock.v1 import generation_pb2 as pb
 from prometheus_client import CollectorRegistry
+
+# Re-exported: the component tests import it from here with the rest of their harness.
+from tests.polling import wait_until as wait_until
 
 # Shutdown grace for in-process servers. Not 0: grpcio 1.85's aio Server.stop(0) intermittently
 # segfaults once the server has served RPCs (stop(None) and small positive graces do not).
@@ -107,11 +109,13 @@ class EdgeServer:
     async def start(self) -> None:
         self.server, self.client = build_edge(self.settings)
         self._task = asyncio.create_task(self.server.serve())
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert not self._task.done(), "uvicorn exited during start-up"
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            await asyncio.sleep(0.01)
+        task = self._task
+
+        def started() -> bool:
+            assert not task.done(), "uvicorn exited during start-up"
+            return bool(self.server.started)
+
+        await wait_until(started, 10, "uvicorn started")
         self.port = self.server.servers[0].sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
@@ -203,12 +207,3 @@ def trailing(exc: grpc.aio.AioRpcError) -> dict[str, str]:
     for key, value in exc.trailing_metadata() or ():
         out[key] = value if isinstance(value, str) else value.decode()
     return out
-
-
-async def wait_until(predicate: Callable[[], bool], within_s: float = 5.0, what: str = "condition") -> None:
-    """Poll a condition that another task or process makes true (no fixed sleeps)."""
-    deadline = time.monotonic() + within_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {within_s}s")
-        await asyncio.sleep(0.01)

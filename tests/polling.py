@@ -4,8 +4,9 @@ predicate until it holds or a deadline passes (never a fixed sleep standing in f
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -28,12 +29,19 @@ def wait_for(
 
 
 async def wait_until(
-    predicate: Callable[[], T], within_s: float = 5.0, what: str = "condition", every_s: float = 0.02
+    predicate: Callable[[], T | Awaitable[T]],
+    within_s: float = 5.0,
+    what: str = "condition",
+    every_s: float = 0.01,
 ) -> T:
-    """`wait_for` for a test running on the event loop: sleeps without blocking the loop."""
+    """`wait_for` for a test running on the event loop: sleeps without blocking the loop. The
+    predicate may be a coroutine function, e.g. one that sends a probe request before it checks."""
     deadline = time.monotonic() + within_s
-    while not (value := predicate()):
+    while True:
+        result = predicate()
+        value: T = await result if inspect.isawaitable(result) else result  # type: ignore[assignment]
+        if value:
+            return value
         if time.monotonic() > deadline:
             raise _timed_out(what, within_s, value)
         await asyncio.sleep(every_s)
-    return value

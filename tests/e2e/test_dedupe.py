@@ -6,43 +6,35 @@ import asyncio
 import socket
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import orjson
 import pytest
-from aftershock.stack import Stack, StackConfig
+from aftershock.stack import Stack
 
-from tests.conftest import ARTIFACTS, metric, scrape
 from tests.e2e.sse_client import content_of, events
+from tests.polling import wait_until
+from tests.scrape import metric, scrape, scraped
 from tests.servers import RedisServer
+from tests.stack_support import running_stack
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def keyed_stack(e2e_models_file: Path, redis_server: RedisServer) -> Iterator[Stack]:
+def keyed_stack(redis_server: RedisServer) -> Iterator[Stack]:
     env = {
         "AFTERSHOCK_BACKEND_REDIS_URL": redis_server.url,
         "AFTERSHOCK_BACKEND_DEDUPE_REDIS_TIMEOUT_S": "0.2",
     }
-    stack = Stack(
-        StackConfig(
-            replicas=2, models_file=e2e_models_file, log_dir=ARTIFACTS / "test_dedupe", env={"backend": env}
-        )
-    )
-    try:
-        stack.start()
+    with running_stack("test_dedupe", env={"backend": env}) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 def _generations(stack: Stack) -> float:
     """Requests the engines finished, over every replica (the engines' own counters)."""
     return sum(
-        metric(scrape(p.metrics_port), "vllm:request_success_total", model_name="sim-slow")
-        for p in stack.inference
+        scraped(p.metrics_port, "vllm:request_success_total", model_name="sim-slow") for p in stack.inference
     )
 
 
@@ -147,17 +139,23 @@ async def test_redis_outage_fails_open_and_dedupe_resumes(
         redis_server.start()
     # Dedupe resumes by itself (a probe and half-open trial close the breaker).
     deadline = time.monotonic() + 20
-    while (
-        time.monotonic() < deadline
-        and metric(scrape(backend_port), "aftershock_redis_up", client="dedupe") != 1
-    ):
-        await asyncio.sleep(0.25)
-    assert metric(scrape(backend_port), "aftershock_redis_up", client="dedupe") == 1
+    await wait_until(
+        lambda: scraped(backend_port, "aftershock_redis_up", client="dedupe") == 1,
+        within_s=20,
+        what="dedupe's redis_up back to 1",
+        every_s=0.25,
+    )
     async with httpx.AsyncClient(timeout=30) as client:
-        while metric(scrape(backend_port), "aftershock_breaker_state", target="redis") != 0:
-            assert time.monotonic() < deadline, "redis breaker did not close"
+
+        async def closed_after_a_probe() -> bool:
+            if scraped(backend_port, "aftershock_breaker_state", target="redis") == 0:
+                return True
             await _ask(client, url, f"key-probe-{time.monotonic()}", stream=False)
-            await asyncio.sleep(0.25)
+            return False
+
+        await wait_until(
+            closed_after_a_probe, deadline - time.monotonic(), "redis breaker closed", every_s=0.25
+        )
         first = await _ask(client, url, "key-after-restart", stream=False)
         before = _generations(keyed_stack)
         second = await _ask(client, url, "key-after-restart", stream=True)

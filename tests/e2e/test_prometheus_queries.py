@@ -9,16 +9,16 @@ import importlib.util
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import httpx
 import pytest
-from aftershock.stack import Stack, StackConfig
+from aftershock import topology
+from aftershock.stack import Stack
 
-from tests.conftest import ARTIFACTS, TESTS
 from tests.servers import PrometheusServer, start_prometheus
+from tests.stack_support import TESTS, running_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -59,16 +59,9 @@ async def _traffic(stack: Stack, seconds: float) -> None:
 
 
 @pytest.fixture(scope="module")
-def scraped(e2e_models_file: Path) -> Iterator[PrometheusServer]:
+def scraped() -> Iterator[PrometheusServer]:
     # chaos=True: the fault proxy runs too, so the resilience dashboard's fault panels have data.
-    stack = Stack(
-        StackConfig(
-            replicas=2, models_file=e2e_models_file, log_dir=ARTIFACTS / "test_prometheus", chaos=True
-        )
-    )
-    prom: PrometheusServer | None = None
-    try:
-        stack.start()
+    with running_stack("test_prometheus", chaos=True) as stack:
         assert stack.edge and stack.backend
         jobs = {
             "aftershock-edge": [f"127.0.0.1:{stack.edge.metrics_port}"],
@@ -77,18 +70,17 @@ def scraped(e2e_models_file: Path) -> Iterator[PrometheusServer]:
             "aftershock-faultproxy": [f"127.0.0.1:{stack.toxiproxy.metrics_port}"],  # type: ignore[union-attr]
         }
         prom = start_prometheus(jobs, sorted((ROOT / "alerts").glob("*.rules.yml")))
-        # A harmless toxic stays on during the load, so "active faults" panels have a series to show.
-        toxic = {"type": "latency", "stream": "downstream", "attributes": {"latency": 1}}
-        httpx.post(
-            f"{stack.toxiproxy_url}/proxies/edge_backend/toxics", json=toxic, timeout=5
-        ).raise_for_status()
-        asyncio.run(_traffic(stack, 8.0))
-        time.sleep(2.5)  # a couple more scrapes and rule evaluations after the load
-        yield prom
-    finally:
-        if prom is not None:
+        try:
+            # A harmless toxic stays on during the load, so "active faults" panels have a series.
+            toxic = {"type": "latency", "stream": "downstream", "attributes": {"latency": 1}}
+            httpx.post(
+                f"{stack.toxiproxy_url}/proxies/{topology.EDGE_BACKEND}/toxics", json=toxic, timeout=5
+            ).raise_for_status()
+            asyncio.run(_traffic(stack, 8.0))
+            time.sleep(2.5)  # a couple more scrapes and rule evaluations after the load
+            yield prom
+        finally:
             prom.stop()
-        stack.stop()
 
 
 def _query(prom: PrometheusServer, expr: str) -> dict[str, Any]:

@@ -9,7 +9,8 @@ import httpx
 import pytest
 from aftershock.stack import Stack
 
-from tests.conftest import metric, scrape
+from tests.polling import wait_for
+from tests.scrape import Samples, metric, scrape
 
 pytestmark = pytest.mark.e2e
 
@@ -25,12 +26,14 @@ def test_replica_killed_while_idle_is_routed_around(stack: Stack) -> None:
                 "/v1/completions", json={"model": "sim-fast", "prompt": f"after kill {i}", "max_tokens": 3}
             )
             assert resp.status_code == 200, resp.text
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
+
+        def victim_unhealthy() -> Samples | None:
             samples = scrape(stack.backend.metrics_port)  # type: ignore[union-attr]
-            if metric(samples, "aftershock_replica_healthy", replica=victim.name) == 0:
-                break
-            time.sleep(0.1)
+            return (
+                samples if metric(samples, "aftershock_replica_healthy", replica=victim.name) == 0 else None
+            )
+
+        samples = wait_for(victim_unhealthy, 5, f"{victim.name} marked unhealthy", every_s=0.1)
         assert metric(samples, "aftershock_replica_healthy", replica=victim.name, model="sim-fast") == 0
         assert (
             metric(samples, "aftershock_replica_healthy", replica=stack.inference[1].name, model="sim-fast")
@@ -54,9 +57,7 @@ def test_all_replicas_gone_is_503_and_not_ready(stack: Stack) -> None:
         assert resp.status_code == 503
         assert resp.headers["retry-after"]
         assert resp.json()["error"]["type"] == "server_error"
-        deadline = time.monotonic() + 5
-        while client.get("/readyz").status_code != 503 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_for(lambda: client.get("/readyz").status_code == 503, 5, "/readyz is 503", every_s=0.1)
         ready = client.get("/readyz")
         assert ready.status_code == 503
         assert "no reachable replica" in ready.json()["detail"]

@@ -7,15 +7,16 @@ import asyncio
 import signal
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 from aftershock.inference.sim_tokens import expected_text
-from aftershock.stack import Stack, StackConfig
+from aftershock.stack import Stack
 
-from tests.conftest import ARTIFACTS, metric, scrape
 from tests.e2e.sse_client import content_of, events
+from tests.polling import wait_until
+from tests.scrape import Samples, metric, scrape
+from tests.stack_support import running_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -30,27 +31,10 @@ BACKEND_ENV = {
 }
 
 
-def _stack(name: str, models: Path, **env: dict[str, str]) -> Stack:
-    merged = {
-        "backend": {**BACKEND_ENV, **env.get("backend", {})},
-        **{k: v for k, v in env.items() if k != "backend"},
-    }
-    return Stack(
-        StackConfig(replicas=2, models_file=models, log_dir=ARTIFACTS / name, shutdown_grace_s=10, env=merged)
-    )
-
-
 @pytest.fixture
-def fresh_stack(request: pytest.FixtureRequest, e2e_models_file: Path) -> Iterator[Stack]:
-    stack = _stack(request.node.name, e2e_models_file)
-    try:
-        stack.start()
+def fresh_stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
+    with running_stack(request.node.name, env={"backend": BACKEND_ENV}) as stack:
         yield stack
-    finally:
-        for proc in stack.procs():
-            if proc.alive():
-                proc.popen.send_signal(signal.SIGCONT)
-        stack.stop()
 
 
 async def _stream(client: httpx.AsyncClient, url: str, body: dict[str, object]) -> tuple[str, list[object]]:
@@ -119,14 +103,15 @@ async def test_frozen_replica_opens_its_breaker_then_closes_after_recovery(fresh
         assert metric(samples, "aftershock_breaker_state", target=target) == 1
         assert metric(samples, "aftershock_breaker_transitions_total", target=target, state="open") >= 1
         frozen.popen.send_signal(signal.SIGCONT)
-        deadline = time.monotonic() + 10
-        closed = False
-        while time.monotonic() < deadline and not closed:
+
+        async def closed_after_a_request() -> Samples | None:
             await client.post(url, json={"model": "sim-fast", "prompt": "after", "max_tokens": 2, "seed": 1})
             samples = scrape(fresh_stack.backend.metrics_port)  # type: ignore[union-attr]
-            closed = metric(samples, "aftershock_breaker_state", target=target) == 0
-            await asyncio.sleep(0.2)
-        assert closed, "breaker did not close after the replica recovered"
+            return samples if metric(samples, "aftershock_breaker_state", target=target) == 0 else None
+
+        samples = await wait_until(
+            closed_after_a_request, 10, "breaker closed after the replica recovered", every_s=0.2
+        )
         assert metric(samples, "aftershock_breaker_transitions_total", target=target, state="half-open") >= 1
 
 
@@ -153,10 +138,9 @@ async def test_all_replicas_down_fails_fast_without_a_retry_storm(fresh_stack: S
     assert retries <= 22, retries
 
 
-async def test_overload_sheds_with_429_and_admitted_latency_holds(e2e_models_file: Path) -> None:
-    stack = _stack("overload", e2e_models_file, edge={"AFTERSHOCK_EDGE_MAX_IN_FLIGHT": "8"})
-    stack.start()
-    try:
+async def test_overload_sheds_with_429_and_admitted_latency_holds() -> None:
+    env = {"backend": BACKEND_ENV, "edge": {"AFTERSHOCK_EDGE_MAX_IN_FLIGHT": "8"}}
+    with running_stack("overload", env=env) as stack:
         url = f"{stack.edge_url}/v1/completions"
         body = {"model": "sim-slow", "prompt": "load", "max_tokens": 10}
         outcomes: list[tuple[int, float, str | None]] = []
@@ -189,15 +173,11 @@ async def test_overload_sheds_with_429_and_admitted_latency_holds(e2e_models_fil
         assert p99(admitted) <= 2 * p99(base), (p99(admitted), p99(base))
         samples = scrape(stack.edge.metrics_port)  # type: ignore[union-attr]
         assert metric(samples, "aftershock_shed_requests_total", service="edge") == len(shed)
-    finally:
-        stack.stop()
 
 
 @pytest.mark.parametrize("service", ["edge", "backend", "inference"])
-async def test_sigterm_drains_open_streams_then_exits_zero(e2e_models_file: Path, service: str) -> None:
-    stack = _stack(f"sigterm-{service}", e2e_models_file)
-    stack.start()
-    try:
+async def test_sigterm_drains_open_streams_then_exits_zero(service: str) -> None:
+    with running_stack(f"sigterm-{service}", env={"backend": BACKEND_ENV}) as stack:
         url = f"{stack.edge_url}/v1/completions"
         async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=40)) as client:
             tasks = [
@@ -222,5 +202,3 @@ async def test_sigterm_drains_open_streams_then_exits_zero(e2e_models_file: Path
         for proc in procs:
             assert proc is not None
             assert proc.popen.wait(15) == 0
-    finally:
-        stack.stop()

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
 import yaml
-from aftershock.stack import Stack, StackConfig
+from aftershock.stack import Stack
 
-from tests.conftest import ARTIFACTS
 from tests.servers import RedisServer
+from tests.stack_support import running_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -22,9 +21,7 @@ NARROW_KEY = "sk-aftershock-test-narrow-0123456789"
 
 
 @pytest.fixture(scope="module")
-def secured(
-    tmp_path_factory: pytest.TempPathFactory, e2e_models_file: Path, redis_server: RedisServer
-) -> Iterator[Stack]:
+def secured(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -> Iterator[Stack]:
     keys = tmp_path_factory.mktemp("keys") / "keys.yaml"
     keys.write_text(
         yaml.safe_dump(
@@ -40,16 +37,8 @@ def secured(
         )
     )
     edge = {"AFTERSHOCK_EDGE_API_KEYS_FILE": str(keys), "AFTERSHOCK_EDGE_REDIS_URL": redis_server.url}
-    stack = Stack(
-        StackConfig(
-            replicas=1, models_file=e2e_models_file, log_dir=ARTIFACTS / "test_security", env={"edge": edge}
-        )
-    )
-    try:
-        stack.start()
+    with running_stack("test_security", replicas=1, env={"edge": edge}) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 BODY = {"model": "sim-fast", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}

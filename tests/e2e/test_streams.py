@@ -11,14 +11,15 @@ from aftershock.inference.engine import ChatTurn, render_chat
 from aftershock.inference.sim_tokens import expected_text
 from aftershock.stack import Stack
 
-from tests.conftest import metric, scrape
 from tests.e2e.sse_client import content_of, events
+from tests.polling import wait_until
+from tests.scrape import scraped
 
 pytestmark = pytest.mark.e2e
 
 
 def _engine_totals(stack: Stack, name: str, **labels: str) -> float:
-    return sum(metric(scrape(p.metrics_port), name, **labels) for p in stack.inference)
+    return sum(scraped(p.metrics_port, name, **labels) for p in stack.inference)
 
 
 async def _stream_text(
@@ -57,15 +58,6 @@ async def test_100_concurrent_streams_complete_with_deterministic_content(stack:
         assert finishes == ["length"]
 
 
-async def _wait_for(predicate: object, within_s: float = 5.0) -> None:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
-
 async def test_client_disconnect_aborts_generation_in_the_engine(stack: Stack) -> None:
     aborted_before = _engine_totals(
         stack, "vllm:request_success_total", model_name="sim-slow", finished_reason="abort"
@@ -80,13 +72,15 @@ async def test_client_disconnect_aborts_generation_in_the_engine(stack: Stack) -
                 seen += 1
                 if seen == 3:
                     break  # leaving the block closes the connection mid-stream
-    await _wait_for(
+    await wait_until(
         lambda: (
             _engine_totals(
                 stack, "vllm:request_success_total", model_name="sim-slow", finished_reason="abort"
             )
             == aborted_before + 1
-        )
+        ),
+        what="the engine aborted",
+        every_s=0.05,
     )
     assert _engine_totals(stack, "vllm:num_requests_running", model_name="sim-slow") == 0
     generated = _engine_totals(stack, "vllm:generation_tokens_total", model_name="sim-slow")
@@ -110,13 +104,15 @@ async def test_timeout_shorter_than_generation_gets_504_and_engine_stops(stack: 
     error = resp.json()["error"]
     assert error["code"] == "timeout" and error["type"] == "server_error"
     assert elapsed < 3.0
-    await _wait_for(
+    await wait_until(
         lambda: (
             _engine_totals(
                 stack, "vllm:request_success_total", model_name="sim-slow", finished_reason="abort"
             )
             == aborted_before + 1
-        )
+        ),
+        what="the engine aborted",
+        every_s=0.05,
     )
     generated = _engine_totals(stack, "vllm:generation_tokens_total", model_name="sim-slow")
     await asyncio.sleep(0.3)

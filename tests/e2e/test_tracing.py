@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
-from aftershock.stack import Stack, StackConfig
+from aftershock.stack import Stack
 
-from tests.conftest import ARTIFACTS
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan, start_receiver
+from tests.polling import wait_for
+from tests.stack_support import ARTIFACTS, running_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -19,41 +18,36 @@ SERVER, CLIENT = 2, 3  # OTLP span kinds
 
 
 @pytest.fixture(scope="module")
-def traced(e2e_models_file: Path) -> Iterator[tuple[Stack, OtlpReceiver]]:
+def traced() -> Iterator[tuple[Stack, OtlpReceiver]]:
     server, receiver, port = start_receiver()
     env = {
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
         "OTEL_EXPORTER_OTLP_INSECURE": "true",
         "OTEL_BSP_SCHEDULE_DELAY": "100",
     }
-    stack = Stack(
-        StackConfig(
+    try:
+        with running_stack(
+            "test_tracing",
             replicas=1,
-            models_file=e2e_models_file,
-            log_dir=ARTIFACTS / "test_tracing",
             shutdown_grace_s=5,
             env={"inference": env, "backend": env, "edge": env},
-        )
-    )
-    try:
-        stack.start()
-        yield stack, receiver
+        ) as stack:
+            yield stack, receiver
     finally:
-        stack.stop()
         server.stop(0)
 
 
 def _wait_for_trace(receiver: OtlpReceiver, trace_id: str, services: set[str]) -> list[ReceivedSpan]:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
+    def complete() -> list[ReceivedSpan]:
         spans = receiver.of_trace(trace_id)
         names = {s.name for s in spans}
-        if {s.service for s in spans} >= services and "engine.decode" in names:
-            return spans
-        time.sleep(0.1)
-    raise AssertionError(
-        f"trace {trace_id} incomplete: {[(s.service, s.name) for s in receiver.of_trace(trace_id)]}"
-    )
+        return spans if {s.service for s in spans} >= services and "engine.decode" in names else []
+
+    try:
+        return wait_for(complete, 15, f"trace {trace_id} complete", every_s=0.1)
+    except AssertionError:
+        got = [(s.service, s.name) for s in receiver.of_trace(trace_id)]
+        raise AssertionError(f"trace {trace_id} incomplete: {got}") from None
 
 
 def test_one_trace_across_all_three_services(traced: tuple[Stack, OtlpReceiver]) -> None:

@@ -9,11 +9,9 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
-import httpx
 import uvloop
-from prometheus_client.parser import text_string_to_metric_families
 
 T = TypeVar("T")
 HOST = "127.0.0.1"
@@ -142,21 +140,3 @@ def round_trip(sock: socket.socket, payload: bytes = b"ping") -> float:
     sock.sendall(payload)
     assert recv_exactly(sock, len(payload)) == payload
     return time.monotonic() - start
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.005)
-
-
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """One /metrics scrape as {(sample name, sorted labels): value}."""
-    text = httpx.get(f"http://{HOST}:{port}/metrics", timeout=5).text
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }

@@ -7,7 +7,9 @@ from collections.abc import Callable
 import httpx
 from aftershock.faultproxy.server import FaultProxyServer
 
-from tests.faultproxy.support import Behaviour, Upstream, connect, echo, port_of, round_trip, scrape, wait_for
+from tests.faultproxy.support import Behaviour, Upstream, connect, echo, port_of, round_trip
+from tests.polling import wait_for
+from tests.scrape import scrape
 
 Start = Callable[[Behaviour], Upstream]
 ENABLED = "aftershock_faultproxy_proxy_enabled"
@@ -41,7 +43,7 @@ def test_metrics_follow_proxies_toxics_and_connections(
     for _ in range(2):
         with connect(port_of(r.json()["listen"])) as sock:
             round_trip(sock)
-    wait_for(lambda: value(CONNECTIONS, proxy="m") == before + 2)
+    wait_for(lambda: value(CONNECTIONS, proxy="m") == before + 2, within_s=3, every_s=0.005)
 
     api.post("/proxies/m", json={"enabled": False})
     assert value(ENABLED, proxy="m") == 0

@@ -19,7 +19,9 @@ from aftershock.faultproxy.server import main, serve
 from aftershock.faultproxy.settings import FaultProxySettings
 from aftershock.ports import free_port
 
-from tests.faultproxy.support import Behaviour, Upstream, connect, echo, round_trip, scrape, wait_for
+from tests.faultproxy.support import Behaviour, Upstream, connect, echo, round_trip
+from tests.polling import wait_for
+from tests.scrape import scrape
 
 Start = Callable[[Behaviour], Upstream]
 COMMAND = [sys.executable, "-m", "aftershock.faultproxy"]
@@ -42,7 +44,7 @@ def test_main_loads_config_serves_and_stops_on_sigterm(tmp_path: Path, upstream:
     args = ["--port", str(api_port), "--metrics-port", str(metrics_port)]
     proc = subprocess.Popen([*COMMAND, *args], env=env, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: answers(api_port) or proc.poll() is not None, timeout=15)
+        wait_for(lambda: answers(api_port) or proc.poll() is not None, within_s=15, every_s=0.005)
         proxies = httpx.get(f"http://127.0.0.1:{api_port}/proxies").json()
         assert proxies["cfg"]["listen"] == f"127.0.0.1:{listen}" and proxies["cfg"]["enabled"] is True
         with connect(listen) as sock:

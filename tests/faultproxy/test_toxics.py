@@ -26,8 +26,8 @@ from tests.faultproxy.support import (
     round_trip,
     send_then,
     sink,
-    wait_for,
 )
+from tests.polling import wait_for
 
 Start = Callable[[Behaviour], Upstream]
 EARLY = 0.006  # timers may fire this much early
@@ -164,7 +164,7 @@ def test_reset_peer_resets_both_sockets(api: httpx.Client, upstream: Start) -> N
             sock.recv(10)
         elapsed = time.monotonic() - start
     assert 0.1 - EARLY <= elapsed <= 0.1 + SLACK
-    wait_for(lambda: any(isinstance(e, ConnectionResetError) for e in up.errors))
+    wait_for(lambda: any(isinstance(e, ConnectionResetError) for e in up.errors), within_s=3, every_s=0.005)
 
 
 def test_reset_peer_waits_for_data(api: httpx.Client, upstream: Start) -> None:
@@ -228,7 +228,7 @@ def test_limit_data_upstream_counts_across_writes(api: httpx.Client, upstream: S
             assert sock.recv(10) == b""
         except ConnectionResetError:
             pass  # unread bytes at close may turn the FIN into a RST
-    wait_for(lambda: up.eof_at or up.errors)
+    wait_for(lambda: up.eof_at or up.errors, within_s=3, every_s=0.005)
     assert bytes(up.received) == b"A" * 100 + b"B" * 100 + b"C" * 100
 
 

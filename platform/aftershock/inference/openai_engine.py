@@ -7,6 +7,8 @@ these servers take as an abort.
 
 from __future__ import annotations
 
+import asyncio
+import email.utils
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -20,11 +22,37 @@ from aftershock.inference.engine import EngineOutput, EngineRequest, FinishReaso
 
 log = logging.getLogger(__name__)
 
+# What a client is told to wait when the upstream did not say.
+DEFAULT_RETRY_AFTER_S = 1.0
+
 _FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length", "abort": "abort", "eos": "stop"}
 
 
-def error_for_status(status: int, body: bytes) -> errors.AftershockError:
-    """Upstream HTTP failure → our error, keeping the upstream message when it has one."""
+def retry_after_of(headers: httpx.Headers | None) -> float | None:
+    """An upstream Retry-After (seconds or an HTTP date) in seconds; None when absent or unreadable."""
+    value = headers.get("retry-after") if headers is not None else None
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def error_for_status(
+    status: int, body: bytes, headers: httpx.Headers | None = None
+) -> errors.AftershockError:
+    """Upstream HTTP failure → our error, keeping the upstream message and Retry-After when it has them.
+
+    A 5xx (other than 504) is this replica's failure, not the request's: UNAVAILABLE, so the backend
+    tries another replica (or resumes a seeded stream there) instead of failing the request.
+    """
     message = f"Upstream server answered HTTP {status}."
     try:
         detail = orjson.loads(body).get("error", {})
@@ -34,6 +62,7 @@ def error_for_status(status: int, body: bytes) -> errors.AftershockError:
             message = detail
     except (orjson.JSONDecodeError, AttributeError):
         pass
+    retry_after = retry_after_of(headers)
     if status == 404:
         return _not_found(message)
     if status in (400, 422):
@@ -43,12 +72,16 @@ def error_for_status(status: int, body: bytes) -> errors.AftershockError:
     if status == 403:
         return errors.PermissionDenied(message)
     if status == 429:
-        return errors.ResourceExhausted(message, retry_after_s=1.0)
-    if status in (502, 503):
-        return errors.Unavailable(message, retry_after_s=1.0)
+        return errors.ResourceExhausted(message, retry_after_s=_or_default(retry_after))
     if status == 504:
         return errors.DeadlineExceeded(message)
+    if status >= 500:
+        return errors.Unavailable(message, retry_after_s=_or_default(retry_after))
     return errors.Internal(message)
+
+
+def _or_default(retry_after: float | None) -> float:
+    return DEFAULT_RETRY_AFTER_S if retry_after is None else retry_after
 
 
 # Error codes and types an SSE error event may carry (ours and OpenAI's), as HTTP statuses.
@@ -99,6 +132,7 @@ class OpenAIEngine:
         default_max_model_len: int = 8192,
         default_max_output_tokens: int = 4096,
         timeout_s: float = 600.0,
+        stream_idle_timeout_s: float = 8.0,
     ) -> None:
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.AsyncClient(
@@ -107,6 +141,7 @@ class OpenAIEngine:
             timeout=httpx.Timeout(timeout_s, connect=5.0),
             limits=httpx.Limits(max_connections=1024, max_keepalive_connections=256),
         )
+        self._idle_s = stream_idle_timeout_s
         self._default_len = default_max_model_len
         self._default_out = default_max_output_tokens
         self._models: dict[str, ModelSpec] = {}
@@ -120,6 +155,7 @@ class OpenAIEngine:
             default_max_model_len=settings.openai_max_model_len,
             default_max_output_tokens=settings.openai_max_output_tokens,
             timeout_s=settings.openai_timeout_s,
+            stream_idle_timeout_s=settings.openai_stream_idle_timeout_s,
         )
 
     async def start(self) -> None:
@@ -186,17 +222,29 @@ class OpenAIEngine:
         prompt_tokens = 0
         first_at = 0.0
         finish: FinishReason | None = None
+        done = False
         try:
             async with self._client.stream("POST", path, json=body, headers=headers, timeout=timeout) as resp:
                 if resp.status_code != 200:
-                    raise error_for_status(resp.status_code, await resp.aread())
-                async for line in resp.aiter_lines():
+                    raise error_for_status(resp.status_code, await resp.aread(), resp.headers)
+                lines = resp.aiter_lines()
+                while True:
+                    line = await self._next_line(lines, request.deadline, bool(first_at))
+                    if line is None:
+                        break
                     if not line.startswith("data:"):
                         continue
                     data = line[5:].strip()
                     if data == "[DONE]":
+                        done = True
                         break
-                    chunk = orjson.loads(data)
+                    try:
+                        chunk = orjson.loads(data)
+                    except orjson.JSONDecodeError:
+                        # The server is broken, not the request: another replica may answer (or resume).
+                        raise errors.Unavailable(
+                            "The upstream server sent a malformed event.", retry_after_s=DEFAULT_RETRY_AFTER_S
+                        ) from None
                     if "error" in chunk:
                         raise error_for_status(stream_error_status(chunk["error"]), orjson.dumps(chunk))
                     if chunk.get("usage"):
@@ -214,11 +262,42 @@ class OpenAIEngine:
         except httpx.TimeoutException:
             raise errors.DeadlineExceeded("The upstream server did not answer before the deadline.") from None
         except httpx.TransportError as exc:
+            what = "cut the stream mid-answer" if first_at else "unreachable"
             raise errors.Unavailable(
-                f"Upstream server unreachable: {type(exc).__name__}.", retry_after_s=1.0
+                f"Upstream server {what}: {type(exc).__name__}.", retry_after_s=DEFAULT_RETRY_AFTER_S
             ) from None
+        if not done and finish is None:
+            # The body ended without [DONE] or a finish reason: a cut, never a complete answer.
+            raise errors.Unavailable(
+                "The upstream server ended the stream before the answer was complete.",
+                retry_after_s=DEFAULT_RETRY_AFTER_S,
+            )
         now = time.monotonic()
         out = EngineOutput([], prompt_tokens, completion, finish or "stop")
         out.ttft_s = (first_at or now) - arrival
         out.e2e_s = now - arrival
         yield out
+
+    async def _next_line(
+        self, lines: AsyncIterator[str], deadline: float | None, started: bool
+    ) -> str | None:
+        """The next SSE line, or None at the end of the body; bounded by the request's deadline, and
+        once the answer has started, by the idle timeout (a server that stalls mid-answer)."""
+        limit = self._idle_s if started else None
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and (limit is None or left < limit):
+            limit = max(0.0, left)
+        try:
+            async with asyncio.timeout(limit):
+                return await lines.__anext__()
+        except StopAsyncIteration:
+            return None
+        except TimeoutError:
+            if left is not None and limit == max(0.0, left):
+                raise errors.DeadlineExceeded(
+                    "The upstream server did not answer before the deadline."
+                ) from None
+            raise errors.Unavailable(
+                f"The upstream server stalled mid-answer: no event for {self._idle_s:g} s.",
+                retry_after_s=DEFAULT_RETRY_AFTER_S,
+            ) from None

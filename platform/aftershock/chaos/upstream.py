@@ -240,7 +240,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     flags = {k: v for k, v in vars(args).items() if v is not None}
     settings = UpstreamSettings(**flags)
     server = Upstream(settings)
-    uvicorn.run(server.app(), host=settings.host, port=settings.port, log_level="warning", access_log=False)
+    uvicorn.run(
+        server.app(),
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=1,  # a stalled stream must not hold up a stop
+    )
 
 
 if __name__ == "__main__":

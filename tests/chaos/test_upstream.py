@@ -41,7 +41,13 @@ async def engine(upstream: UpstreamProc) -> AsyncIterator[OpenAIEngine]:
 
 
 def req(**kw: Any) -> EngineRequest:
-    base: dict[str, Any] = {"request_id": "up-1", "model": MODEL, "max_tokens": 10, "prompt": PROMPT, "seed": 3}
+    base: dict[str, Any] = {
+        "request_id": "up-1",
+        "model": MODEL,
+        "max_tokens": 10,
+        "prompt": PROMPT,
+        "seed": 3,
+    }
     return EngineRequest(**(base | kw))
 
 
@@ -93,7 +99,9 @@ async def test_retry_after_of_a_503_is_carried(engine: OpenAIEngine, upstream: U
     assert info.value.retry_after_s == 4.0
 
 
-async def test_malformed_event_mid_stream_is_unavailable(engine: OpenAIEngine, upstream: UpstreamProc) -> None:
+async def test_malformed_event_mid_stream_is_unavailable(
+    engine: OpenAIEngine, upstream: UpstreamProc
+) -> None:
     upstream.fault("malformed", after_tokens=3)
     got: list[EngineOutput] = []
     with pytest.raises(errors.Unavailable) as info:
@@ -103,7 +111,9 @@ async def test_malformed_event_mid_stream_is_unavailable(engine: OpenAIEngine, u
 
 
 @pytest.mark.parametrize("abrupt", [False, True])
-async def test_cut_stream_is_never_complete(engine: OpenAIEngine, upstream: UpstreamProc, abrupt: bool) -> None:
+async def test_cut_stream_is_never_complete(
+    engine: OpenAIEngine, upstream: UpstreamProc, abrupt: bool
+) -> None:
     upstream.fault("cut", after_tokens=4, abrupt=abrupt)
     got: list[EngineOutput] = []
     with pytest.raises(errors.Unavailable) as info:
@@ -126,7 +136,9 @@ async def test_stall_mid_answer_says_so(engine: OpenAIEngine, upstream: Upstream
 
 
 @pytest.mark.parametrize("kind", ["stall_before", "stall_after"])
-async def test_a_stall_never_outlives_the_deadline(engine: OpenAIEngine, upstream: UpstreamProc, kind: str) -> None:
+async def test_a_stall_never_outlives_the_deadline(
+    engine: OpenAIEngine, upstream: UpstreamProc, kind: str
+) -> None:
     upstream.fault(kind, after_tokens=1, stall_s=30)
     eng = OpenAIEngine(f"{upstream.url}/v1", timeout_s=60, stream_idle_timeout_s=60)
     await eng.start()

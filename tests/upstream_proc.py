@@ -9,7 +9,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 from aftershock.ports import free_port
@@ -19,6 +19,7 @@ from aftershock.ports import free_port
 class UpstreamProc:
     port: int
     popen: subprocess.Popen[bytes]
+    log: IO[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -43,14 +44,17 @@ class UpstreamProc:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait(5)
+        if self.log is not None:
+            self.log.close()
 
 
 def start_upstream(models: list[str], *, itl_s: float = 0.01, log: Path | None = None) -> UpstreamProc:
     port = free_port()
     cmd = [sys.executable, "-m", "aftershock.chaos.upstream", "--port", str(port), "--itl-s", str(itl_s)]
-    out = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115  # the process owns it
-    popen = subprocess.Popen([*cmd, "--models", *models], stdout=out, stderr=out, env=dict(os.environ))
-    proc = UpstreamProc(port, popen)
+    out = open(log, "ab") if log is not None else None  # closed by stop()
+    sink = out if out is not None else subprocess.DEVNULL
+    popen = subprocess.Popen([*cmd, "--models", *models], stdout=sink, stderr=sink, env=dict(os.environ))
+    proc = UpstreamProc(port, popen, out)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if popen.poll() is not None:

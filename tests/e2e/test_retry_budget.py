@@ -119,5 +119,6 @@ def test_retries_against_refusing_replicas_stay_within_the_budget(tmp_path: Path
 def test_negative_control_a_loose_budget_fails_the_bound(tmp_path: Path) -> None:
     s = storm(tmp_path, "loose-budget", 1.0)  # ratio 1.0: what a budget that does not bind looks like
     assert s.retries > 0
+    print(f"loose budget: {s.retries:.0f} retries against a bound of {s.bound:.0f}")
     with pytest.raises(AssertionError):
         assert_within_budget(s)

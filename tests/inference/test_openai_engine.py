@@ -172,7 +172,10 @@ async def test_deadline_after_the_first_token_is_deadline_exceeded(engine: OpenA
         (502, errors.Unavailable),
         (503, errors.Unavailable),
         (504, errors.DeadlineExceeded),
-        (500, errors.Internal),
+        # A server error is the replica's failure, retried elsewhere: never INTERNAL.
+        (500, errors.Unavailable),
+        (501, errors.Unavailable),
+        (418, errors.Internal),
     ],
 )
 def test_error_for_status_table(status: int, expected: type[errors.AftershockError]) -> None:

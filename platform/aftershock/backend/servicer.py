@@ -43,7 +43,13 @@ INFERENCE_GENERATE = "/aftershock.v1.Inference/Generate"
 
 
 class TryTimeout(Exception):
-    """A try produced no first message within the per-try timeout."""
+    """A try produced no first message within the per-try timeout, or stalled mid-stream."""
+
+    def __init__(
+        self, message: str = "The replica did not start answering within the per-try timeout."
+    ) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 # Failures that say something about the replica. A DEADLINE_EXCEEDED from the call itself is the
@@ -239,7 +245,7 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
         if isinstance(exc, grpc.aio.AioRpcError):
             return error_from_rpc(exc)
         if isinstance(exc, TryTimeout):
-            return errors.DeadlineExceeded("The replica did not start answering within the per-try timeout.")
+            return errors.DeadlineExceeded(exc.message)
         assert isinstance(exc, errors.AftershockError)
         return exc
 
@@ -273,7 +279,7 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
                 except StopAsyncIteration:
                     break
                 except TimeoutError:
-                    raise TryTimeout() from None
+                    raise TryTimeout(f"The replica stalled mid-stream: no message for {idle:g} s.") from None
                 yield msg
         except grpc.aio.AioRpcError as exc:
             code = exc.code().name

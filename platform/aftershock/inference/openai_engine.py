@@ -7,6 +7,7 @@ these servers take as an abort.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -17,75 +18,18 @@ import orjson
 
 from aftershock import errors
 from aftershock.inference.engine import EngineOutput, EngineRequest, FinishReason, ModelSpec
+from aftershock.inference.openai_errors import (
+    DEFAULT_RETRY_AFTER_S,
+    error_for_status,
+    retry_after_of,
+    stream_error_status,
+)
+
+__all__ = ["OpenAIEngine", "error_for_status", "retry_after_of", "stream_error_status"]
 
 log = logging.getLogger(__name__)
 
 _FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length", "abort": "abort", "eos": "stop"}
-
-
-def error_for_status(status: int, body: bytes) -> errors.AftershockError:
-    """Upstream HTTP failure → our error, keeping the upstream message when it has one."""
-    message = f"Upstream server answered HTTP {status}."
-    try:
-        detail = orjson.loads(body).get("error", {})
-        if isinstance(detail, dict) and detail.get("message"):
-            message = str(detail["message"])
-        elif isinstance(detail, str):
-            message = detail
-    except (orjson.JSONDecodeError, AttributeError):
-        pass
-    if status == 404:
-        return _not_found(message)
-    if status in (400, 422):
-        return errors.InvalidArgument(message)
-    if status == 401:
-        return errors.Unauthenticated(message)
-    if status == 403:
-        return errors.PermissionDenied(message)
-    if status == 429:
-        return errors.ResourceExhausted(message, retry_after_s=1.0)
-    if status in (502, 503):
-        return errors.Unavailable(message, retry_after_s=1.0)
-    if status == 504:
-        return errors.DeadlineExceeded(message)
-    return errors.Internal(message)
-
-
-# Error codes and types an SSE error event may carry (ours and OpenAI's), as HTTP statuses.
-_STATUS_BY_CODE = {
-    "timeout": 504,
-    "rate_limit_exceeded": 429,
-    "overloaded": 429,
-    "engine_overloaded": 429,
-    "service_unavailable": 503,
-    "no_healthy_replica": 503,
-    "circuit_open": 503,
-    "model_not_found": 404,
-    "invalid_request_error": 400,
-    "rate_limit_error": 429,
-}
-
-
-def stream_error_status(error: object) -> int:
-    """The HTTP status an error event mid-stream stands for: a numeric code or status (vLLM), else our
-    string code or OpenAI's error type; 500 when nothing says more."""
-    if not isinstance(error, dict):
-        return 500
-    for key in ("status", "code"):
-        value = error.get(key)
-        if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
-            return int(value)
-    for key in ("code", "type"):
-        status = _STATUS_BY_CODE.get(str(error.get(key)))
-        if status is not None:
-            return status
-    return 500
-
-
-def _not_found(message: str) -> errors.AftershockError:
-    err = errors.AftershockError(message, error_type="model_not_found")
-    err.code = errors.ModelNotFound.code
-    return err
 
 
 class OpenAIEngine:
@@ -99,6 +43,7 @@ class OpenAIEngine:
         default_max_model_len: int = 8192,
         default_max_output_tokens: int = 4096,
         timeout_s: float = 600.0,
+        stream_idle_timeout_s: float = 8.0,
     ) -> None:
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.AsyncClient(
@@ -107,6 +52,7 @@ class OpenAIEngine:
             timeout=httpx.Timeout(timeout_s, connect=5.0),
             limits=httpx.Limits(max_connections=1024, max_keepalive_connections=256),
         )
+        self._idle_s = stream_idle_timeout_s
         self._default_len = default_max_model_len
         self._default_out = default_max_output_tokens
         self._models: dict[str, ModelSpec] = {}
@@ -120,6 +66,7 @@ class OpenAIEngine:
             default_max_model_len=settings.openai_max_model_len,
             default_max_output_tokens=settings.openai_max_output_tokens,
             timeout_s=settings.openai_timeout_s,
+            stream_idle_timeout_s=settings.openai_stream_idle_timeout_s,
         )
 
     async def start(self) -> None:
@@ -186,17 +133,29 @@ class OpenAIEngine:
         prompt_tokens = 0
         first_at = 0.0
         finish: FinishReason | None = None
+        done = False
         try:
             async with self._client.stream("POST", path, json=body, headers=headers, timeout=timeout) as resp:
                 if resp.status_code != 200:
-                    raise error_for_status(resp.status_code, await resp.aread())
-                async for line in resp.aiter_lines():
+                    raise error_for_status(resp.status_code, await resp.aread(), resp.headers)
+                lines = resp.aiter_lines()
+                while True:
+                    line = await self._next_line(lines, request.deadline, bool(first_at))
+                    if line is None:
+                        break
                     if not line.startswith("data:"):
                         continue
                     data = line[5:].strip()
                     if data == "[DONE]":
+                        done = True
                         break
-                    chunk = orjson.loads(data)
+                    try:
+                        chunk = orjson.loads(data)
+                    except orjson.JSONDecodeError:
+                        # The server is broken, not the request: another replica may answer (or resume).
+                        raise errors.Unavailable(
+                            "The upstream server sent a malformed event.", retry_after_s=DEFAULT_RETRY_AFTER_S
+                        ) from None
                     if "error" in chunk:
                         raise error_for_status(stream_error_status(chunk["error"]), orjson.dumps(chunk))
                     if chunk.get("usage"):
@@ -214,11 +173,42 @@ class OpenAIEngine:
         except httpx.TimeoutException:
             raise errors.DeadlineExceeded("The upstream server did not answer before the deadline.") from None
         except httpx.TransportError as exc:
+            what = "cut the stream mid-answer" if first_at else "unreachable"
             raise errors.Unavailable(
-                f"Upstream server unreachable: {type(exc).__name__}.", retry_after_s=1.0
+                f"Upstream server {what}: {type(exc).__name__}.", retry_after_s=DEFAULT_RETRY_AFTER_S
             ) from None
+        if not done and finish is None:
+            # The body ended without [DONE] or a finish reason: a cut, never a complete answer.
+            raise errors.Unavailable(
+                "The upstream server ended the stream before the answer was complete.",
+                retry_after_s=DEFAULT_RETRY_AFTER_S,
+            )
         now = time.monotonic()
         out = EngineOutput([], prompt_tokens, completion, finish or "stop")
         out.ttft_s = (first_at or now) - arrival
         out.e2e_s = now - arrival
         yield out
+
+    async def _next_line(
+        self, lines: AsyncIterator[str], deadline: float | None, started: bool
+    ) -> str | None:
+        """The next SSE line, or None at the end of the body; bounded by the request's deadline, and
+        once the answer has started, by the idle timeout (a server that stalls mid-answer)."""
+        limit = self._idle_s if started else None
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and (limit is None or left < limit):
+            limit = max(0.0, left)
+        try:
+            async with asyncio.timeout(limit):
+                return await lines.__anext__()
+        except StopAsyncIteration:
+            return None
+        except TimeoutError:
+            if left is not None and limit == max(0.0, left):
+                raise errors.DeadlineExceeded(
+                    "The upstream server did not answer before the deadline."
+                ) from None
+            raise errors.Unavailable(
+                f"The upstream server stalled mid-answer: no event for {self._idle_s:g} s.",
+                retry_after_s=DEFAULT_RETRY_AFTER_S,
+            ) from None

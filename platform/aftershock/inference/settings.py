@@ -39,6 +39,10 @@ class InferenceSettings(BaseSettings):
     openai_max_model_len: int = 8192
     openai_max_output_tokens: int = 4096
     openai_timeout_s: float = 600.0
+    # A stream with no event for this long after its first token is given up as stalled (UNAVAILABLE,
+    # resumable elsewhere when seeded); kept under the backend's stream idle timeout (10 s) so the
+    # error says what happened.
+    openai_stream_idle_timeout_s: float = Field(8.0, gt=0)
 
     shutdown_grace_s: float = Field(30.0, ge=0)
     log_level: str = "INFO"

@@ -16,7 +16,8 @@ import pytest
 import yaml
 from aftershock.stack import Stack, StackConfig
 
-from tests.conftest import ARTIFACTS, metric, scrape
+from tests.conftest import ARTIFACTS
+from tests.scrape import metric, scrape
 
 pytestmark = pytest.mark.e2e
 

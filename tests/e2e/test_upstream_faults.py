@@ -16,8 +16,9 @@ import pytest
 from aftershock.inference.sim_tokens import expected_text
 from aftershock.stack import Proc, Stack, StackConfig
 
-from tests.conftest import ARTIFACTS, metric, scrape
+from tests.conftest import ARTIFACTS
 from tests.e2e.sse_client import content_of, events
+from tests.scrape import metric, scrape
 from tests.upstream_proc import UpstreamProc, start_upstream
 
 pytestmark = pytest.mark.e2e

@@ -1,0 +1,75 @@
+"""The rendered kustomizations validate against the Kubernetes schemas; generated files are current."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.deploy.support import (
+    K8S,
+    KUBERNETES_VERSION,
+    KUSTOMIZATIONS,
+    ROOT,
+    by_kind,
+    cmd_output,
+    generate,
+    run_cmd,
+    tool,
+)
+
+
+@pytest.mark.parametrize("overlay", list(KUSTOMIZATIONS))
+def test_kubernetes_objects_are_valid(overlay: str, rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """Every object against the Kubernetes schemas (strict: unknown fields fail); the Prometheus
+    Operator's custom resources, which have no schema there, structurally."""
+    docs = rendered[overlay]
+    crds = []
+    for d in docs:
+        try:
+            kubernetes_validate.validate(d, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.SchemaNotFoundError:
+            crds.append(d)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{overlay}: {d['kind']}/{d['metadata']['name']}: {exc.message} at {list(exc.path)}")
+    assert sorted({(d["apiVersion"], d["kind"]) for d in crds}) == [
+        ("monitoring.coreos.com/v1", "PrometheusRule"),
+        ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ]
+    services = by_kind(docs, "Service")
+    for monitor in by_kind(docs, "ServiceMonitor").values():
+        selector = monitor["spec"]["selector"]["matchLabels"]
+        selected = [s for s in services.values() if selector.items() <= s["metadata"]["labels"].items()]
+        assert {s["metadata"]["name"] for s in selected} == {
+            "aftershock-edge",
+            "aftershock-backend",
+            "aftershock-inference",
+        }
+        for endpoint in monitor["spec"]["endpoints"]:
+            for s in selected:
+                assert endpoint["port"] in {p["name"] for p in s["spec"]["ports"]}, (
+                    s["metadata"]["name"],
+                    endpoint,
+                )
+    groups = [g for r in by_kind(docs, "PrometheusRule").values() for g in r["spec"]["groups"]]
+    assert len({g["name"] for g in groups}) == len(groups), "rule group names must be unique"
+
+
+def test_prometheus_rules_pass_promtool(rendered: dict[str, list[dict[str, Any]]], tmp_path: Path) -> None:
+    for rule in by_kind(rendered["staging"], "PrometheusRule").values():
+        path = tmp_path / f"{rule['metadata']['name']}.yml"
+        path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+        result = run_cmd([tool("promtool"), "check", "rules", str(path)])
+        assert result.returncode == 0, cmd_output(result)
+
+
+def test_generated_kubernetes_files_are_current() -> None:
+    stale = [str(p.relative_to(ROOT)) for p in generate.stale_files()]
+    assert not stale, f"stale: {stale}; run: python deploy/k8s/generate.py"
+    rules = list(yaml.safe_load_all((K8S / "base/generated/prometheusrules.yaml").read_text()))
+    assert {r["metadata"]["annotations"]["aftershock/source"] for r in rules} == {
+        f"alerts/{p.name}" for p in (ROOT / "alerts").glob("*.rules.yml")
+    }

@@ -45,7 +45,7 @@ SETTINGS: dict[str, type[BaseSettings]] = {
     "inference": InferenceSettings,
     "backend": BackendSettings,
     "edge": EdgeSettings,
-    "toxiproxy": FaultProxySettings,
+    "faultproxy": FaultProxySettings,
 }
 GRPC_SERVICES = {"backend": backend_service.SERVICE_NAME, "inference": inference_service.SERVICE_NAME}
 # Variables that are not Aftershock settings but are read by a library or the image.

@@ -60,7 +60,7 @@ def test_compose_services_run_real_cli_commands(compose: dict[str, Any]) -> None
             continue
         seen.add(service)
         assert service in commands and service in SETTINGS, f"{name}: `aftershock {service}` is no command"
-        if service != "toxiproxy":  # its flags are parsed by the fault proxy itself
+        if service != "faultproxy":  # its flags are parsed by the fault proxy itself
             _parser().parse_args(list(svc["command"]))  # exits (fails the test) on an unknown flag
     assert seen == {"inference", "backend", "edge"}
 

@@ -69,7 +69,7 @@ def http_server() -> Iterator[tuple[int, dict[str, int]]]:
 def test_healthcheck_http(http_server: tuple[int, dict[str, int]]) -> None:
     port, status = http_server
     assert healthcheck.check("edge", "127.0.0.1", port, 2.0) is None
-    assert healthcheck.check("toxiproxy", "127.0.0.1", port, 2.0) is None
+    assert healthcheck.check("faultproxy", "127.0.0.1", port, 2.0) is None
     status["/healthz"] = 503
     assert "503" in (healthcheck.check("edge", "127.0.0.1", port, 2.0) or "")
     assert healthcheck.check("edge", "127.0.0.1", free_port(), 1.0) is not None

@@ -1,6 +1,6 @@
 """Running the fault proxy: the HTTP API under uvicorn, the proxies, and an optional /metrics port.
 
-`serve(settings)` runs until cancelled; `main(argv)` is the `aftershock toxiproxy` command (flags,
+`serve(settings)` runs until cancelled; `main(argv)` is the `aftershock faultproxy` command (flags,
 logging, uvloop, clean stop on SIGTERM/SIGINT). `FaultProxyServer` is the same thing as an object
 with start/stop, for embedding (tests run it in-process on port 0).
 """
@@ -150,7 +150,7 @@ async def _run_until_signalled(settings: FaultProxySettings) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="aftershock toxiproxy", description="Fault proxy serving Toxiproxy's HTTP API."
+        prog="aftershock faultproxy", description="Fault proxy serving Toxiproxy's HTTP API."
     )
     p.add_argument("--host", help="address of the HTTP API (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port of the HTTP API (default 8474)")
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = FaultProxySettings(**overrides)
     except ValidationError as exc:
-        print(f"aftershock toxiproxy: invalid settings\n{exc}", file=sys.stderr)
+        print(f"aftershock faultproxy: invalid settings\n{exc}", file=sys.stderr)
         return 2
 
     from aftershock import logs

@@ -1,4 +1,4 @@
-"""Settings of the fault proxy (environment prefix AFTERSHOCK_TOXIPROXY_); flags override them."""
+"""Settings of the fault proxy (environment prefix AFTERSHOCK_FAULTPROXY_); flags override them."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class FaultProxySettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="AFTERSHOCK_TOXIPROXY_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="AFTERSHOCK_FAULTPROXY_", frozen=True, extra="ignore")
 
     # The HTTP API; Toxiproxy's port. Port 0 picks a free one (tests).
     host: str = "127.0.0.1"

@@ -158,6 +158,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--config", type=Path, help="JSON list of proxies to create at start (Toxiproxy's -config)"
     )
+    p.add_argument(
+        "--export-api",
+        dest="export_api",
+        help="a real Toxiproxy's API URL: serve only /metrics with its toxics and enabled state",
+    )
     p.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING, ...")
     return p
 
@@ -174,6 +179,13 @@ def main(argv: list[str] | None = None) -> int:
     from aftershock import logs
 
     logs.configure("faultproxy", settings.log_level)
+    if settings.export_api is not None:
+        if not settings.metrics_port:
+            print("aftershock faultproxy: --export-api needs --metrics-port", file=sys.stderr)
+            return 2
+        from aftershock.faultproxy import export
+
+        return export.run(settings.export_api, settings.host, settings.metrics_port)
     try:
         try:
             import uvloop

@@ -18,6 +18,9 @@ class FaultProxySettings(BaseSettings):
     metrics_port: int | None = Field(None, ge=0, le=65535)
     # Proxies to create at start: a JSON list as for POST /populate (Toxiproxy's -config file).
     config: Path | None = None
+    # A real Toxiproxy's API (http://host:8474): proxy nothing, serve only /metrics with its toxic
+    # state (Toxiproxy's own metrics carry none); needs metrics_port.
+    export_api: str | None = None
 
     # How long stopping waits for API requests still in flight.
     shutdown_grace_s: float = Field(2.0, ge=0)

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 import yaml
 from aftershock.cli import _parser
+from aftershock.faultproxy.server import _parser as faultproxy_parser
 
 from tests.deploy.support import (
     DEPLOY,
@@ -36,9 +37,14 @@ def test_kubernetes_containers_match_the_code(
     version = project_version()
     seen = set()
     for workload, c in containers_of(docs):
+        if not c["image"].rpartition(":")[0].split("/")[-1].startswith("aftershock"):
+            continue  # Redis, Toxiproxy
         service = c["args"][0]
         seen.add(service)
-        _parser().parse_args(list(c["args"]))
+        if service == "faultproxy":  # parses its own flags
+            faultproxy_parser().parse_args(list(c["args"][1:]))
+        else:
+            _parser().parse_args(list(c["args"]))
         env = container_env(c)
         for var in env:
             if var.startswith("AFTERSHOCK_"):
@@ -51,10 +57,14 @@ def test_kubernetes_containers_match_the_code(
         settings = settings_from_env(service, literal, monkeypatch)
         assert settings.host == "0.0.0.0"
         ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-        main = "http" if service == "edge" else "grpc"
-        assert ports == {main: settings.port, "metrics": settings.metrics_port}, (overlay, service)
         name, _, tag = c["image"].rpartition(":")
         assert tag == version and name.split("/")[-1] in ("aftershock", "aftershock-gpu"), c["image"]
+        if service == "faultproxy":  # the exporter beside staging's Toxiproxy: /metrics only
+            assert settings.export_api and ports == {"metrics": settings.metrics_port}, (overlay, ports)
+            assert c["readinessProbe"]["httpGet"] == {"path": "/metrics", "port": "metrics"}
+            continue
+        main = "http" if service == "edge" else "grpc"
+        assert ports == {main: settings.port, "metrics": settings.metrics_port}, (overlay, service)
         # Probes: gRPC health for gRPC services, HTTP /readyz and /healthz for the edge.
         if service == "edge":
             assert settings.auth_config().enabled, f"{overlay}: the edge must require API keys"
@@ -75,7 +85,7 @@ def test_kubernetes_containers_match_the_code(
         if service == "inference" and overlay == "sim":
             assert "nvidia.com/gpu" not in c["resources"]["limits"] and not pod.get("nodeSelector")
             assert literal["AFTERSHOCK_INFERENCE_ENGINE"] == "sim"
-    assert seen == {"edge", "backend", "inference"}
+    assert seen == {"edge", "backend", "inference"} | ({"faultproxy"} if overlay == "staging" else set())
 
 
 @pytest.mark.parametrize("overlay", list(KUSTOMIZATIONS))
@@ -95,17 +105,24 @@ def test_kubernetes_wiring(overlay: str, rendered: dict[str, list[dict[str, Any]
             for w in workloads.values()
             if svc["spec"]["selector"].items() <= w["spec"]["template"]["metadata"]["labels"].items()
         ]
-        (container,) = workload["spec"]["template"]["spec"]["containers"]
-        names = {p["name"] for p in container["ports"]}
+        containers = workload["spec"]["template"]["spec"]["containers"]
+        names = {p["name"] for c in containers for p in c["ports"]}
         for port in svc["spec"]["ports"]:
             assert port["targetPort"] in names, (name, port)
-        service_of[name] = container["args"][0]
+        # The Aftershock command it runs, else its component (redis, toxiproxy).
+        first = containers[0]
+        aftershock = first["image"].rpartition(":")[0].split("/")[-1].startswith("aftershock")
+        service_of[name] = (
+            first["args"][0] if aftershock else workload["metadata"]["labels"]["app.kubernetes.io/component"]
+        )
     check_job_names(dict(service_of))  # ServiceMonitor job label = Service name
 
     (edge,) = [c for _, c in containers_of(docs) if c["args"][0] == "edge"]
     host, port = hostport(container_env(edge)["AFTERSHOCK_EDGE_BACKEND_TARGET"])
     backend_svc = services[host]
-    assert service_of[host] == "backend" and port in {p["port"] for p in backend_svc["spec"]["ports"]}
+    # Staging dials Toxiproxy instead (test_k8s_network follows each hop through it).
+    assert service_of[host] == ("toxiproxy" if overlay == "staging" else "backend")
+    assert port in {p["port"] for p in backend_svc["spec"]["ports"]}
 
     inference = by_kind(docs, "StatefulSet")["aftershock-inference"]
     headless = services[inference["spec"]["serviceName"]]
@@ -114,9 +131,10 @@ def test_kubernetes_wiring(overlay: str, rendered: dict[str, list[dict[str, Any]
     registry = yaml.safe_load(config_maps["aftershock-registry"]["data"]["registry.yaml"])
     pods = [f"aftershock-inference-{i}" for i in range(inference["spec"]["replicas"])]
     assert [r["name"] for r in registry["replicas"]] == pods
-    assert [r["address"] for r in registry["replicas"]] == [
-        f"{p}.{headless['metadata']['name']}:{grpc_port}" for p in pods
-    ]
+    if overlay != "staging":  # staging: through Toxiproxy (test_k8s_network)
+        assert [r["address"] for r in registry["replicas"]] == [
+            f"{p}.{headless['metadata']['name']}:{grpc_port}" for p in pods
+        ]
     (inf,) = inference["spec"]["template"]["spec"]["containers"]
     assert container_env(inf)["AFTERSHOCK_INFERENCE_REPLICA_NAME"] == {
         "fieldRef": {"fieldPath": "metadata.name"}

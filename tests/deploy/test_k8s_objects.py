@@ -79,3 +79,28 @@ def test_generated_kubernetes_files_are_current() -> None:
     assert {r["metadata"]["annotations"]["aftershock/source"] for r in rules} == {
         f"alerts/{p.name}" for p in (ROOT / "alerts").glob("*.rules.yml")
     }
+
+
+@pytest.mark.parametrize("overlay", list(KUSTOMIZATIONS))
+def test_grafana_on_kubernetes_gets_composes_datasources(
+    overlay: str, rendered: dict[str, list[dict[str, Any]]]
+) -> None:
+    """The same Prometheus (exemplars linked to the Jaeger datasource) and Jaeger as compose, for
+    Grafana's datasource sidecar; Jaeger's URL in the namespace the traces are sent to."""
+    docs = rendered[overlay]
+    (cm,) = [
+        c for c in by_kind(docs, "ConfigMap").values() if c["metadata"]["labels"].get("grafana_datasource")
+    ]
+    (text,) = cm["data"].values()
+    k8s = yaml.safe_load(text)["datasources"]
+    compose = yaml.safe_load((ROOT / "dashboards/provisioning/datasources/datasources.yaml").read_text())
+    strip = [{k: v for k, v in ds.items() if k != "url"} for ds in compose["datasources"]]
+    assert [{k: v for k, v in ds.items() if k != "url"} for ds in k8s] == strip
+    by_uid = {ds["uid"]: ds for ds in k8s}
+    (link,) = by_uid["prometheus"]["jsonData"]["exemplarTraceIdDestinations"]
+    assert by_uid[link["datasourceUid"]]["type"] == "jaeger"
+    otlp = by_kind(docs, "ConfigMap")
+    (telemetry,) = [c for n, c in otlp.items() if n.startswith("aftershock-telemetry")]
+    collector_ns = telemetry["data"]["OTEL_EXPORTER_OTLP_ENDPOINT"].split(".")[1]
+    assert by_uid["jaeger"]["url"].split("//")[1].split(".")[1] == collector_ns
+    assert all(ds["url"].startswith("http://") for ds in k8s)

@@ -268,3 +268,18 @@ def models_configmap(config_maps: dict[str, dict[str, Any]]) -> str:
 
 healthcheck = load_module("aftershock_deploy_healthcheck", DEPLOY / "healthcheck.py")
 generate = load_module("aftershock_deploy_generate", K8S / "generate.py")
+
+
+def host_path(svc: dict[str, Any], container_path: str) -> str:
+    """The host path (relative to deploy/) behind a path in a compose container, through the bind
+    mount that holds it (a file mount or a folder mount above it)."""
+    best = ""
+    source = ""
+    for volume in svc.get("volumes", []):
+        src, dst = volume.split(":")[:2]
+        if (container_path == dst or container_path.startswith(dst.rstrip("/") + "/")) and len(dst) > len(
+            best
+        ):
+            best, source = dst, src
+    assert best, f"nothing mounted at {container_path}"
+    return source + container_path[len(best) :]

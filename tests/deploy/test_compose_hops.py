@@ -17,6 +17,7 @@ from tests.deploy.support import (
     ROOT,
     active,
     command_service,
+    host_path,
     hostport,
     listen_port,
     proxy,
@@ -75,8 +76,8 @@ def test_proxies_are_the_chaos_topology_and_every_hop_goes_through_them(compose:
             assert svc["environment"]["AFTERSHOCK_INFERENCE_REPLICA_NAME"] == replica.name, (profile, up)
             assert port == listen_port("inference", svc), (profile, up)
         # The backend reads the registry the compose file mounts.
-        mounts = {v.split(":")[1]: v.split(":")[0] for v in services["backend"]["volumes"]}
-        assert mounts[backend_env["AFTERSHOCK_BACKEND_REGISTRY_FILE"]] == "./config/registry.yaml"
+        registry_file = backend_env["AFTERSHOCK_BACKEND_REGISTRY_FILE"]
+        assert host_path(services["backend"], registry_file) == "./config/registry.yaml"
         assert tname == "toxiproxy" and "-config=/config/toxiproxy.json" in tsvc["command"]
 
 
@@ -91,8 +92,7 @@ def test_models_served_match_the_registry(compose: dict[str, Any]) -> None:
                 continue
             if env.get("AFTERSHOCK_INFERENCE_ENGINE", setting_default("inference", "engine")) == "sim":
                 models_file = env["AFTERSHOCK_INFERENCE_MODELS_FILE"]
-                mounts = {v.split(":")[1]: v.split(":")[0] for v in svc["volumes"]}
-                host_file = DEPLOY / mounts[models_file]
+                host_file = DEPLOY / host_path(svc, models_file)
                 names = {m.name for m in InferenceSettings(models_file=host_file).resolved_sim_models()}
             else:
                 names = {env["AFTERSHOCK_INFERENCE_VLLM_SERVED_MODEL_NAME"]}

@@ -3,6 +3,7 @@ provisioning, and promtool/amtool accept the configs."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from tests.deploy.support import (
     cmd_output,
     command_service,
     effective,
+    host_path,
     hostport,
     listen_port,
     resolve,
@@ -89,20 +91,20 @@ def test_grafana_is_provisioned_with_the_dashboards(compose: dict[str, Any]) -> 
 def test_prometheus_loads_every_alert_file(compose: dict[str, Any]) -> None:
     prom = compose["services"]["prometheus"]
     config_path = next(a.split("=", 1)[1] for a in prom["command"] if a.startswith("--config.file="))
-    mounts = {v.split(":")[1]: v.split(":")[0] for v in prom["volumes"]}
-    assert mounts[config_path] == "./prometheus/prometheus.yml"
+    assert host_path(prom, config_path) == "./prometheus/prometheus.yml"
     config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     (rule_glob,) = config["rule_files"]
-    rules_dir = str(Path(config_path).parent / Path(rule_glob).parent)
-    assert mounts[rules_dir] == "../alerts" and Path(rule_glob).name == "*.rules.yml"
+    rules_dir = os.path.normpath(Path(config_path).parent / Path(rule_glob).parent)
+    assert host_path(prom, rules_dir) == "../alerts" and Path(rule_glob).name == "*.rules.yml"
     assert "--enable-feature=exemplar-storage" in prom["command"]
 
 
 def test_promtool_accepts_the_prometheus_config(tmp_path: Path) -> None:
-    # As in the container: the config beside alerts/, so promtool also checks every rule file.
-    shutil.copy(DEPLOY / "prometheus" / "prometheus.yml", tmp_path / "prometheus.yml")
+    # As in the container: config/ beside alerts/, so promtool also checks every rule file.
+    (tmp_path / "config").mkdir()
+    shutil.copy(DEPLOY / "prometheus" / "prometheus.yml", tmp_path / "config" / "prometheus.yml")
     (tmp_path / "alerts").symlink_to(ROOT / "alerts")
-    result = run_cmd([tool("promtool"), "check", "config", str(tmp_path / "prometheus.yml")])
+    result = run_cmd([tool("promtool"), "check", "config", str(tmp_path / "config" / "prometheus.yml")])
     assert result.returncode == 0, cmd_output(result)
     count = len(list((ROOT / "alerts").glob("*.rules.yml")))
     assert f"{count} rule files found" in result.stdout, cmd_output(result)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +29,19 @@ def test_kubernetes_objects_are_valid(overlay: str, rendered: dict[str, list[dic
     Operator's custom resources, which have no schema there, structurally."""
     docs = rendered[overlay]
     crds = []
+    validated = set()
     for d in docs:
-        try:
-            kubernetes_validate.validate(d, KUBERNETES_VERSION, strict=True)
-        except kubernetes_validate.SchemaNotFoundError:
-            crds.append(d)
-        except kubernetes_validate.ValidationError as exc:
-            pytest.fail(f"{overlay}: {d['kind']}/{d['metadata']['name']}: {exc.message} at {list(exc.path)}")
+        # The oldest release supported and the newest kubernetes-validate knows.
+        for version in (KUBERNETES_VERSION, kubernetes_validate.utils.latest_version()):
+            try:
+                kubernetes_validate.validate(d, version, strict=True)
+                validated.add(d["kind"])
+            except kubernetes_validate.SchemaNotFoundError:
+                crds.append(d)
+            except kubernetes_validate.ValidationError as exc:
+                name = f"{d['kind']}/{d['metadata']['name']}"
+                pytest.fail(f"{overlay} on {version}: {name}: {exc.message} at {list(exc.path)}")
+    assert {"NetworkPolicy", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Deployment"} <= validated
     assert sorted({(d["apiVersion"], d["kind"]) for d in crds}) == [
         ("monitoring.coreos.com/v1", "PrometheusRule"),
         ("monitoring.coreos.com/v1", "ServiceMonitor"),
@@ -104,3 +111,15 @@ def test_grafana_on_kubernetes_gets_composes_datasources(
     collector_ns = telemetry["data"]["OTEL_EXPORTER_OTLP_ENDPOINT"].split(".")[1]
     assert by_uid["jaeger"]["url"].split("//")[1].split(".")[1] == collector_ns
     assert all(ds["url"].startswith("http://") for ds in k8s)
+
+
+def test_the_schemas_catch_a_broken_network_policy_and_hpa(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = copy.deepcopy(rendered["staging"])
+    policy = by_kind(docs, "NetworkPolicy")["aftershock-backend"]
+    policy["spec"]["ingres"] = policy["spec"].pop("ingress")  # a typo strict validation must reject
+    hpa = by_kind(docs, "HorizontalPodAutoscaler")["aftershock-edge"]
+    hpa["spec"]["metrics"][0]["pods"]["target"]["averageValue"] = {"requests": 256}
+    for version in (KUBERNETES_VERSION, kubernetes_validate.utils.latest_version()):
+        for broken in (policy, hpa):
+            with pytest.raises(kubernetes_validate.ValidationError):
+                kubernetes_validate.validate(broken, version, strict=True)

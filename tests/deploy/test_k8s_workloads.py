@@ -178,3 +178,11 @@ def test_kubernetes_sim_models_are_the_staging_stacks() -> None:
     a = yaml.safe_load((K8S / "base/config/models.yaml").read_text())
     b = yaml.safe_load((DEPLOY / "config/models.yaml").read_text())
     assert a == b
+
+
+def test_staging_routes_the_bases_models_through_toxiproxy() -> None:
+    """overlays/staging/registry.yaml differs from the base's only in the replicas' addresses."""
+    base = yaml.safe_load((K8S / "base/config/registry.yaml").read_text())
+    staging = yaml.safe_load((K8S / "overlays/staging/registry.yaml").read_text())
+    assert staging["models"] == base["models"]
+    assert [r["name"] for r in staging["replicas"]] == [r["name"] for r in base["replicas"]]

@@ -3,14 +3,14 @@
 
     aftershock-healthcheck [SERVICE] [--timeout SECONDS]
 
-SERVICE is edge, backend, inference or toxiproxy (the fault proxy). Without it, the service is read
+SERVICE is edge, backend, inference or faultproxy (the fault proxy). Without it, the service is read
 from the container's main process (PID 1's command line: `aftershock edge ...`), else from
 $AFTERSHOCK_SERVICE. The address is the service's own: `--host`/`--port` on that command line, else
 AFTERSHOCK_<SERVICE>_HOST / AFTERSHOCK_<SERVICE>_PORT, else the service's default; a wildcard host
 (0.0.0.0, ::) is probed on loopback.
 
     edge       GET /healthz                 -> 200
-    toxiproxy  GET /version                 -> 200
+    faultproxy GET /version                 -> 200
     backend    grpc.health.v1 Check("aftershock.v1.Backend")   -> SERVING
     inference  grpc.health.v1 Check("aftershock.v1.Inference") -> SERVING
 
@@ -30,9 +30,9 @@ from pathlib import Path
 
 # The services' default ports and gRPC health service names; tests/deploy keeps them equal to
 # aftershock's settings classes and service modules.
-DEFAULT_PORTS = {"edge": 8000, "backend": 50061, "inference": 50051, "toxiproxy": 8474}
+DEFAULT_PORTS = {"edge": 8000, "backend": 50061, "inference": 50051, "faultproxy": 8474}
 GRPC_HEALTH_SERVICES = {"backend": "aftershock.v1.Backend", "inference": "aftershock.v1.Inference"}
-HTTP_PATHS = {"edge": "/healthz", "toxiproxy": "/version"}
+HTTP_PATHS = {"edge": "/healthz", "faultproxy": "/version"}
 SERVICES = tuple(DEFAULT_PORTS)
 WILDCARDS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1", "[::]": "::1"}
 

@@ -52,8 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     edge.add_argument("--redis-url", dest="redis_url", help="Redis for rate limits (redis://host:port/db)")
 
     sub.add_parser("drill", help="run chaos drills (aftershock drill --help)", add_help=False)
-    tp = sub.add_parser("toxiproxy", help="run the Toxiproxy-API fault proxy", add_help=False)
-    tp.add_argument("rest", nargs=argparse.REMAINDER)
+    fp = sub.add_parser("faultproxy", help="run the Toxiproxy-API fault proxy", add_help=False)
+    fp.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -63,10 +63,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from aftershock.chaos.command import main as drill_main
 
         return drill_main(argv[1:])
-    if argv[:1] == ["toxiproxy"]:
-        from aftershock.faultproxy.server import main as toxiproxy_main
+    if argv[:1] == ["toxiproxy"]:  # the command's old name, kept for one release
+        print("aftershock toxiproxy is deprecated: use aftershock faultproxy", file=sys.stderr)
+        argv[0] = "faultproxy"
+    if argv[:1] == ["faultproxy"]:
+        from aftershock.faultproxy.server import main as faultproxy_main
 
-        return toxiproxy_main(argv[1:])
+        return faultproxy_main(argv[1:])
     args = _parser().parse_args(argv)
     from aftershock import runtime
 

@@ -157,7 +157,7 @@ class Stack:
 
     def start(self, models: list[str] | None = None, ready_timeout_s: float = 60.0) -> None:
         if self.config.chaos:
-            self.toxiproxy = self._spawn("toxiproxy", "toxiproxy", [], free_port(), free_port())
+            self.toxiproxy = self._spawn("toxiproxy", "faultproxy", [], free_port(), free_port())
             self._wait_http(f"{self.toxiproxy_url}/version", 20.0)
         for i in range(self.config.replicas):
             self.start_inference(i)

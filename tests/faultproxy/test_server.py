@@ -40,7 +40,7 @@ def test_main_loads_config_serves_and_stops_on_sigterm(tmp_path: Path, upstream:
     config = tmp_path / "toxiproxy.json"
     config.write_text(json.dumps([{"name": "cfg", "listen": f"127.0.0.1:{listen}", "upstream": up.address}]))
     # The config comes from the environment; the --port flag wins over the environment's port.
-    env = {**os.environ, "AFTERSHOCK_TOXIPROXY_CONFIG": str(config), "AFTERSHOCK_TOXIPROXY_PORT": "1"}
+    env = {**os.environ, "AFTERSHOCK_FAULTPROXY_CONFIG": str(config), "AFTERSHOCK_FAULTPROXY_PORT": "1"}
     args = ["--port", str(api_port), "--metrics-port", str(metrics_port)]
     proc = subprocess.Popen([*COMMAND, *args], env=env, stderr=subprocess.PIPE, text=True)
     try:
@@ -82,7 +82,7 @@ def test_main_rejects_invalid_settings(capsys: pytest.CaptureFixture[str]) -> No
 
 def test_settings_defaults_and_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in ("HOST", "PORT", "METRICS_PORT", "CONFIG"):
-        monkeypatch.delenv(f"AFTERSHOCK_TOXIPROXY_{name}", raising=False)
+        monkeypatch.delenv(f"AFTERSHOCK_FAULTPROXY_{name}", raising=False)
     defaults = FaultProxySettings()
     assert (defaults.host, defaults.port, defaults.metrics_port, defaults.config) == (
         "127.0.0.1",
@@ -91,10 +91,10 @@ def test_settings_defaults_and_environment(monkeypatch: pytest.MonkeyPatch, tmp_
         None,
     )
 
-    monkeypatch.setenv("AFTERSHOCK_TOXIPROXY_HOST", "127.0.0.2")
-    monkeypatch.setenv("AFTERSHOCK_TOXIPROXY_PORT", "18474")
-    monkeypatch.setenv("AFTERSHOCK_TOXIPROXY_METRICS_PORT", "0")
-    monkeypatch.setenv("AFTERSHOCK_TOXIPROXY_CONFIG", str(tmp_path / "c.json"))
+    monkeypatch.setenv("AFTERSHOCK_FAULTPROXY_HOST", "127.0.0.2")
+    monkeypatch.setenv("AFTERSHOCK_FAULTPROXY_PORT", "18474")
+    monkeypatch.setenv("AFTERSHOCK_FAULTPROXY_METRICS_PORT", "0")
+    monkeypatch.setenv("AFTERSHOCK_FAULTPROXY_CONFIG", str(tmp_path / "c.json"))
     s = FaultProxySettings()
     assert (s.host, s.port, s.metrics_port, s.config) == ("127.0.0.2", 18474, 0, tmp_path / "c.json")
 
@@ -125,3 +125,11 @@ async def test_serve_runs_until_cancelled(upstream: Start) -> None:
     for closed in (port, listen):
         with pytest.raises(ConnectionRefusedError):
             await asyncio.open_connection("127.0.0.1", closed)
+
+
+def test_the_command_is_aftershock_faultproxy_and_toxiproxy_is_a_deprecated_alias() -> None:
+    for name in ("faultproxy", "toxiproxy"):
+        cmd = [sys.executable, "-m", "aftershock", name, "--help"]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0 and "usage: aftershock faultproxy" in done.stdout, done
+        assert ("deprecated" in done.stderr) == (name == "toxiproxy"), done.stderr

@@ -1,4 +1,4 @@
-"""`python -m aftershock.faultproxy`: the same as `aftershock toxiproxy`."""
+"""`python -m aftershock.faultproxy`: the same as `aftershock faultproxy`."""
 
 from aftershock.faultproxy.server import main
 

@@ -34,6 +34,9 @@ class LinkOwner(Protocol):
 
     def link_finished(self, link: Link) -> None: ...
 
+    def count_bytes(self, direction: Direction, *, received: int = 0, sent: int = 0) -> None:
+        """Tally bytes read from a link's source and written to its destination."""
+
     def abort(self) -> None: ...
 
 
@@ -158,6 +161,7 @@ class Link:
             if not data:
                 await self._input.put(None)
                 return
+            self.owner.count_bytes(self.direction, received=len(data))
             await self._input.put(Chunk(data, loop.time()))
 
     async def _write(self) -> None:
@@ -168,6 +172,7 @@ class Link:
                     break
                 self.dest.write(item.data)
                 await self.dest.drain()
+                self.owner.count_bytes(self.direction, sent=len(item.data))
         except OSError as exc:
             log.debug("destination failed", extra={"direction": str(self.direction), "error": str(exc)})
         finally:

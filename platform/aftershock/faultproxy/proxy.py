@@ -87,6 +87,9 @@ class Connection:
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
 
+    def count_bytes(self, direction: Direction, *, received: int = 0, sent: int = 0) -> None:
+        self.proxy.count_bytes(direction, received=received, sent=sent)
+
     def link_finished(self, link: Link) -> None:
         if all(lk.finished for lk in self.links.values()):
             self._finish()
@@ -219,6 +222,13 @@ class Proxy:
         conn = Connection(self, (reader, writer), upstream)
         self._connections.add(conn)
         conn.start()
+
+    def count_bytes(self, direction: Direction, *, received: int = 0, sent: int = 0) -> None:
+        labels = (str(direction), self.name, self.listen, self.upstream)
+        if received:
+            self._metrics.received_bytes_total.labels(*labels).inc(received)
+        if sent:
+            self._metrics.sent_bytes_total.labels(*labels).inc(sent)
 
     def connection_closed(self, conn: Connection) -> None:
         self._connections.discard(conn)

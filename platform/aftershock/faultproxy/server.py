@@ -1,6 +1,6 @@
 """Running the fault proxy: the HTTP API under uvicorn, the proxies, and an optional /metrics port.
 
-`serve(settings)` runs until cancelled; `main(argv)` is the `aftershock toxiproxy` command (flags,
+`serve(settings)` runs until cancelled; `main(argv)` is the `aftershock faultproxy` command (flags,
 logging, uvloop, clean stop on SIGTERM/SIGINT). `FaultProxyServer` is the same thing as an object
 with start/stop, for embedding (tests run it in-process on port 0).
 """
@@ -150,13 +150,18 @@ async def _run_until_signalled(settings: FaultProxySettings) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="aftershock toxiproxy", description="Fault proxy serving Toxiproxy's HTTP API."
+        prog="aftershock faultproxy", description="Fault proxy serving Toxiproxy's HTTP API."
     )
     p.add_argument("--host", help="address of the HTTP API (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port of the HTTP API (default 8474)")
     p.add_argument("--metrics-port", dest="metrics_port", type=int, help="Prometheus /metrics port (0: off)")
     p.add_argument(
         "--config", type=Path, help="JSON list of proxies to create at start (Toxiproxy's -config)"
+    )
+    p.add_argument(
+        "--export-api",
+        dest="export_api",
+        help="a real Toxiproxy's API URL: serve only /metrics with its toxics and enabled state",
     )
     p.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING, ...")
     return p
@@ -168,12 +173,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = FaultProxySettings(**overrides)
     except ValidationError as exc:
-        print(f"aftershock toxiproxy: invalid settings\n{exc}", file=sys.stderr)
+        print(f"aftershock faultproxy: invalid settings\n{exc}", file=sys.stderr)
         return 2
 
     from aftershock import logs
 
     logs.configure("faultproxy", settings.log_level)
+    if settings.export_api is not None:
+        if not settings.metrics_port:
+            print("aftershock faultproxy: --export-api needs --metrics-port", file=sys.stderr)
+            return 2
+        from aftershock.faultproxy import export
+
+        return export.run(settings.export_api, settings.host, settings.metrics_port)
     try:
         try:
             import uvloop

@@ -87,12 +87,15 @@ def request(prompt: str = "hello", **kw: object) -> pb.GenerateRequest:
     )
 
 
-def script(n: int = 6, prefix: str = "t") -> list[pb.GenerateResponse]:
+def script(n: int = 6, prefix: str = "t", *, reproducible: bool = True) -> list[pb.GenerateResponse]:
     """A generation: n messages, the last one carrying the finish reason."""
     out = []
     for i in range(n):
         msg = pb.GenerateResponse(
-            tokens=[f"{prefix}{i} ", "x"], prompt_tokens=3, completion_tokens=2 * (i + 1)
+            tokens=[f"{prefix}{i} ", "x"],
+            prompt_tokens=3,
+            completion_tokens=2 * (i + 1),
+            reproducible=reproducible,
         )
         if i == n - 1:
             msg.finish_reason = pb.FINISH_REASON_STOP
@@ -294,7 +297,8 @@ async def test_dead_owner_is_taken_over(h: Harness) -> None:
     assert wire(await drain(replay.messages())) == wire(fresh)
 
 
-async def test_cancelled_owner_abandons_and_a_joiner_regenerates(h: Harness) -> None:
+@pytest.mark.parametrize("reproducible", [True, False])
+async def test_cancelled_owner_abandons_and_a_joiner_regenerates(h: Harness, reproducible: bool) -> None:
     d = h.make()
     started = asyncio.Event()
     calls = 0
@@ -303,17 +307,23 @@ async def test_cancelled_owner_abandons_and_a_joiner_regenerates(h: Harness) -> 
         nonlocal calls
         calls += 1
         first = calls == 1
-        for m in script(4):
+        for m in script(4, reproducible=reproducible):
             yield m
             started.set()
             if first:
                 await asyncio.sleep(30)  # the first owner's client goes away here
 
-    owner = asyncio.create_task(drain(d.serve("cx", "fp", generate, resumable=True)))
+    seeded = request()
+    owner = asyncio.create_task(drain(d.serve("cx", "fp", generate, request=seeded)))
     await asyncio.wait_for(started.wait(), 2)
-    joiner = asyncio.create_task(drain(d.serve("cx", "fp", generate, resumable=True)))
+    joiner = asyncio.create_task(drain(d.serve("cx", "fp", generate, request=seeded)))
     await asyncio.sleep(0.1)
     owner.cancel()
+    if not reproducible:
+        # Text was delivered and the replica promised no reproducible output: no resume, an error.
+        with pytest.raises(errors.Unavailable):
+            await asyncio.wait_for(joiner, 3)
+        return
     # The joiner had one message; it starts over, claims, regenerates and skips what it delivered.
     got = await asyncio.wait_for(joiner, 3)
     assert calls == 2

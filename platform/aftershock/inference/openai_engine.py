@@ -90,6 +90,8 @@ def _not_found(message: str) -> errors.AftershockError:
 
 class OpenAIEngine:
     kind = "openai"
+    # An upstream server promises nothing about reproducing a seeded stream (configurable later).
+    reproducible = False
 
     def __init__(
         self,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ import pytest
 import pytest_asyncio
 from aftershock.backend.service import BackendService
 from aftershock.inference.sim_config import SimModelConfig
-from aftershock.inference.sim_tokens import TokenStream, expected_text
+from aftershock.inference.sim_tokens import expected_text
 from aftershock.ports import free_port
 from aftershock.v1 import backend_pb2_grpc
 from aftershock.v1 import generation_pb2 as pb

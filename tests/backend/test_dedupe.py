@@ -21,6 +21,7 @@ from aftershock.backend.dedupe import (
     content_key,
     fingerprint,
 )
+from aftershock.breaker import BreakerConfig
 from aftershock.metrics import BackendMetrics
 from aftershock.v1 import generation_pb2 as pb
 from prometheus_client import CollectorRegistry
@@ -40,8 +41,7 @@ def config(url: str, **overrides: object) -> DedupeConfig:
         join_poll_ms=50,
         socket_timeout_s=0.3,
         socket_connect_timeout_s=0.3,
-        breaker_fail_max=3,
-        breaker_reset_timeout_s=0.5,
+        breaker=BreakerConfig(fail_max=3, reset_timeout_s=0.5),
         probe_every_s=0,
     )
     return replace(base, **overrides)  # type: ignore[arg-type]
@@ -339,7 +339,7 @@ async def test_redis_outage_fails_open_and_recovers(h: Harness, redis_server: Re
     assert h.sample("aftershock_breaker_state", {"target": "redis"}) == 0
     redis_server.stop()
     try:
-        for _ in range(d.config.breaker_fail_max):
+        for _ in range(d.config.breaker.fail_max):
             start = time.monotonic()
             assert isinstance(await d.begin("down", "fp"), Bypass)
             assert time.monotonic() - start < 1.0
@@ -351,7 +351,7 @@ async def test_redis_outage_fails_open_and_recovers(h: Harness, redis_server: Re
         outcome = await d.begin("down", "fp")
         assert isinstance(outcome, Bypass) and outcome.reason == "breaker_open"
         assert time.monotonic() - start < 0.05
-        assert h.outcome("bypassed") == d.config.breaker_fail_max + 1
+        assert h.outcome("bypassed") == d.config.breaker.fail_max + 1
 
         # serve() still answers (fail open).
         async def generate() -> AsyncIterator[pb.GenerateResponse]:
@@ -361,7 +361,7 @@ async def test_redis_outage_fails_open_and_recovers(h: Harness, redis_server: Re
         assert wire(await drain(d.serve("down", "fp", generate))) == wire(script(2))
     finally:
         redis_server.start()
-    await asyncio.sleep(d.config.breaker_reset_timeout_s + 0.1)
+    await asyncio.sleep(d.config.breaker.reset_timeout_s + 0.1)
     back = await d.begin("back", "fp")  # the half-open trial, over a stale connection
     assert isinstance(back, Claim)
     assert h.sample("aftershock_breaker_state", {"target": "redis"}) == 0
@@ -382,7 +382,7 @@ async def test_probe_closes_the_breaker_without_traffic(h: Harness, redis_server
         assert h.sample("aftershock_breaker_state", {"target": "redis"}) == 1
     finally:
         redis_server.start()
-    await asyncio.sleep(d.config.breaker_reset_timeout_s + 0.3)
+    await asyncio.sleep(d.config.breaker.reset_timeout_s + 0.3)
     assert h.sample("aftershock_breaker_state", {"target": "redis"}) == 0
     assert h.sample("aftershock_redis_up", {"client": "dedupe"}) == 1
 

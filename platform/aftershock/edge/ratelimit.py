@@ -35,6 +35,7 @@ from aftershock import errors
 from aftershock.breaker import BreakerConfig
 from aftershock.clock import SYSTEM_CLOCK, Clock
 from aftershock.edge.auth import ApiKey
+from aftershock.edge.ratelimit_script import TAKE
 from aftershock.redis_guard import (
     DEFAULT_PROBE_EVERY_S,
     DEFAULT_TIMEOUT_S,
@@ -47,52 +48,6 @@ log = logging.getLogger(__name__)
 
 REDIS_CLIENT = "ratelimit"  # the `client` label of aftershock_redis_up
 BUCKETS = ("requests", "tokens")
-
-# KEYS: one bucket each. ARGV: capacity, window_ms, cost for each bucket in turn.
-# Returns {allowed, retry_ms, then per bucket: remaining, reset_ms, short}; integers only, because
-# Redis truncates Lua numbers in replies.
-_TAKE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local n = #KEYS
-local level, cap, win, cost = {}, {}, {}, {}
-local allowed, wait = 1, 0
--- Milliseconds to refill `deficit` tokens, computed as deficit * window / capacity so that round
--- numbers stay exact (100 of 1000 tokens per 60000 ms is 6000 ms, not 6000.0000001).
-local function refill_ms(i, deficit) return math.ceil(deficit * win[i] / cap[i]) end
-for i = 1, n do
-  cap[i] = tonumber(ARGV[3 * i - 2])
-  win[i] = tonumber(ARGV[3 * i - 1])
-  cost[i] = tonumber(ARGV[3 * i])
-  local s = redis.call('HMGET', KEYS[i], 't', 'ts')
-  local v = cap[i]
-  if s[1] then
-    local elapsed_us = math.max(0, now - tonumber(s[2]))
-    v = math.min(cap[i], tonumber(s[1]) + elapsed_us * cap[i] / (win[i] * 1000))
-  end
-  level[i] = v
-  if v < cost[i] then
-    allowed = 0
-    wait = math.max(wait, refill_ms(i, cost[i] - v))
-  end
-end
-local out = {allowed, wait}
-for i = 1, n do
-  local v = level[i]
-  local short = 0
-  if v < cost[i] then short = 1 end
-  if allowed == 1 then
-    v = v - cost[i]
-    -- Numbers, not tostring(): Redis converts them round-trip exact, tostring() keeps 14 digits.
-    redis.call('HSET', KEYS[i], 't', v, 'ts', now)
-    redis.call('PEXPIRE', KEYS[i], refill_ms(i, cap[i] - v) + 1000)
-  end
-  out[#out + 1] = math.floor(v)
-  out[#out + 1] = refill_ms(i, cap[i] - v)
-  out[#out + 1] = short
-end
-return out
-"""
 
 
 @dataclass(frozen=True)
@@ -190,7 +145,7 @@ class RateLimiter:
             )
             # redis-py's Script runs EVALSHA and, on NOSCRIPT (a restarted or flushed Redis), loads the
             # script and runs it again.
-            self._take = self._redis.client.register_script(_TAKE)
+            self._take = self._redis.client.register_script(TAKE)
         elif config.default_rpm or config.default_tpm:
             log.warning("rate limits are configured but there is no redis_url: nothing is limited")
         self.fail_open_count = 0
@@ -214,7 +169,7 @@ class RateLimiter:
             return
         redis = self._redis
         try:
-            await redis.call(lambda: redis.client.script_load(_TAKE))
+            await redis.call(lambda: redis.client.script_load(TAKE))
         except RedisDown:
             pass  # counted and logged by the guard; requests fail open until it is back
         if self.config.probe_every_s > 0:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aftershock import errors
 from aftershock.breaker import BreakerConfig
@@ -23,9 +23,8 @@ class DedupeConfig:
     # Short, so that an unreachable Redis costs a request little before the breaker opens.
     socket_timeout_s: float = DEFAULT_TIMEOUT_S
     socket_connect_timeout_s: float = DEFAULT_TIMEOUT_S
-    breaker_fail_max: int = 5
-    breaker_reset_timeout_s: float = 5.0
-    breaker_half_open_max_calls: int = 1
+    # Redis's breaker: a short reset, so dedupe comes back soon after Redis does.
+    breaker: BreakerConfig = field(default_factory=lambda: BreakerConfig(reset_timeout_s=5.0))
     # A background PING keeps redis_up current and closes the breaker without traffic; 0 disables.
     probe_every_s: float = DEFAULT_PROBE_EVERY_S
     # Unflushed messages after which publish() waits for Redis (backpressure, not per message).
@@ -44,8 +43,6 @@ class DedupeConfig:
             raise ValueError("result_ttl_s and join_poll_ms must be positive")
         if self.socket_timeout_s <= 0 or self.socket_connect_timeout_s <= 0:
             raise ValueError("Redis timeouts must be positive")
-        if self.breaker_fail_max < 1 or self.breaker_reset_timeout_s <= 0:
-            raise ValueError("breaker_fail_max must be >= 1 and breaker_reset_timeout_s > 0")
         if self.max_pending < 1 or self.max_attempts < 1:
             raise ValueError("max_pending and max_attempts must be >= 1")
 
@@ -54,11 +51,7 @@ class DedupeConfig:
             url=self.redis_url,
             socket_timeout_s=self.socket_timeout_s,
             socket_connect_timeout_s=self.socket_connect_timeout_s,
-            breaker=BreakerConfig(
-                fail_max=self.breaker_fail_max,
-                reset_timeout_s=self.breaker_reset_timeout_s,
-                half_open_max_calls=self.breaker_half_open_max_calls,
-            ),
+            breaker=self.breaker,
             probe_every_s=self.probe_every_s,
         )
 

@@ -28,7 +28,12 @@ async def stack(
     registry = write_registry(tmp_path / "models.yaml", {"a": replica.address}, {MODEL: ["a"]})
     backend = BackendService(
         BackendSettings(
-            port=0, metrics_port=0, registry_file=registry, redis_url=redis_url, shutdown_grace_s=0
+            port=0,
+            metrics_port=0,
+            registry_file=registry,
+            redis_url=redis_url,
+            dedupe_redis_timeout_s=2.0,  # a loaded test machine must not turn into a bypass
+            shutdown_grace_s=0,
         )
     )
     await backend.start()

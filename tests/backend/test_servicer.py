@@ -217,7 +217,9 @@ async def test_list_models_counts_ready_and_total_replicas(env: Env) -> None:
     # Limits are learned from a ready replica; none can be learned for a model without one.
     sim = by_name["sim"]
     assert (sim.max_model_len, sim.max_output_tokens, sim.engine) == (2048, 64, "sim")
+    assert sim.reproducible  # the sim declares it; the backend passes it on
     assert (by_name["orphan"].max_model_len, by_name["orphan"].engine) == (0, "")
+    assert not by_name["orphan"].reproducible
     assert env.counter("aftershock_replica_healthy", model="half", replica="dead") == 0
     assert env.counter("aftershock_replica_healthy", model="half", replica="a") == 1
 

@@ -120,5 +120,6 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
                 info.max_model_len = learned.max_model_len
                 info.max_output_tokens = learned.max_output_tokens
                 info.engine = learned.engine
+                info.reproducible = learned.reproducible
             out.append(info)
         return pb.ListModelsResponse(models=out)

@@ -91,7 +91,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListModelsResponse:
-        return pb.ListModelsResponse(models=[convert.model_info(m) for m in self._engine.models()])
+        models = [convert.model_info(m) for m in self._engine.models()]
+        for info in models:
+            info.reproducible = self._engine.reproducible
+        return pb.ListModelsResponse(models=models)
 
 
 def _record(span: Span, out: EngineOutput, arrival_ns: int) -> None:

@@ -15,6 +15,7 @@ from aftershock.backend.dedupe import (
     Claim,
     Dedupe,
     DedupeConfig,
+    Identity,
     Join,
     OwnerLost,
     Replay,
@@ -295,6 +296,24 @@ async def test_dead_owner_is_taken_over(h: Harness) -> None:
     replay = await d.begin("dead", "fp")
     assert isinstance(replay, Replay)
     assert wire(await drain(replay.messages())) == wire(fresh)
+
+
+async def test_every_outcome_carries_the_first_requests_identity(h: Harness) -> None:
+    crashed = h.make()
+    d = h.make()
+    first, second, third = Identity("cmpl-1", 101), Identity("cmpl-2", 102), Identity("cmpl-3", 103)
+    claim = await crashed.begin("who", "fp", first)
+    assert isinstance(claim, Claim) and claim.identity == first
+    join = await d.begin("who", "fp", second)
+    assert isinstance(join, Join) and join.identity == first
+    await crashed.close()  # dies mid-generation: the lease lapses
+    await asyncio.sleep(LEASE_MS / 1000 + 0.1)
+    takeover = await d.begin("who", "fp", third)
+    # The generation is new, the identity is not: the dead owner's caller already got it.
+    assert isinstance(takeover, Claim) and takeover.taken_over and takeover.identity == first
+    await own(takeover, script(2))
+    replay = await d.begin("who", "fp", third)
+    assert isinstance(replay, Replay) and replay.identity == first
 
 
 @pytest.mark.parametrize("reproducible", [True, False])

@@ -30,7 +30,10 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
         frozenset({"aftershock.metrics", "aftershock.metrics_http", "aftershock.tracing", "aftershock.logs"})
         | frozenset({"aftershock.sentry", "aftershock.gpu"}),
     ),
-    ("shared plumbing", frozenset({"aftershock.rpc", "aftershock.breaker", "aftershock.runtime"})),
+    (
+        "shared plumbing",
+        frozenset({"aftershock.rpc", "aftershock.breaker", "aftershock.redis_guard", "aftershock.runtime"}),
+    ),
     (
         "services",
         frozenset({"aftershock.inference", "aftershock.backend", "aftershock.edge", "aftershock.faultproxy"}),

@@ -8,8 +8,9 @@ import time
 import grpc
 import pytest
 from aftershock import errors
-from aftershock.backend.servicer import TryTimeout, is_replica_failure
-from aftershock.breaker import Breaker
+from aftershock.backend.attempt import TryTimeout, is_replica_failure
+from aftershock.backend.breaker_metrics import BreakerMetrics
+from aftershock.breaker import Breaker, BreakerConfig
 from aftershock.metrics import BackendMetrics, new_registry
 from prometheus_client import CollectorRegistry
 
@@ -25,11 +26,9 @@ def make(
 ) -> Breaker:
     return Breaker(
         "inference:r0",
-        fail_max=fail_max,
-        reset_timeout_s=RESET_S,
-        half_open_max_calls=half_open_max_calls,
+        BreakerConfig(fail_max=fail_max, reset_timeout_s=RESET_S, half_open_max_calls=half_open_max_calls),
         is_failure=is_replica_failure,
-        metrics=BackendMetrics(registry if registry is not None else new_registry()),
+        listeners=[BreakerMetrics(BackendMetrics(registry if registry is not None else new_registry()))],
     )
 
 

@@ -57,6 +57,7 @@ class BrokenEngine:
     """An engine with a bug: the servicer's unexpected-error path is what is under test."""
 
     kind = "broken"
+    reproducible = False
 
     async def start(self) -> None: ...
 

@@ -6,35 +6,57 @@ through its own `calling()` context manager, which runs its state machine. Three
 here, thinly: pybreaker's half-open state lets every call through, where we admit a bounded number
 of trial calls; it counts excluded outcomes (a cancelled call, a client error) as successes, where
 we do not report them at all; and routing needs to ask "would you admit a call?" without making
-one. State changes become metrics and span events through a pybreaker listener.
+one. State changes become logs and span events here, and reach whoever else cares (metrics,
+breaker sharing) through a BreakerListener, so this module depends on no service.
+
+It lives beside the other shared modules, not under backend/, because the guarded Redis
+(aftershock.redis_guard) that the edge's rate limiter also uses is built on it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import pybreaker
 from opentelemetry import trace
 
 from aftershock import errors
-from aftershock.metrics import BackendMetrics
 
 log = logging.getLogger(__name__)
 
-STATE_VALUE = {pybreaker.STATE_CLOSED: 0, pybreaker.STATE_OPEN: 1, pybreaker.STATE_HALF_OPEN: 2}
+CLOSED, OPEN, HALF_OPEN = pybreaker.STATE_CLOSED, pybreaker.STATE_OPEN, pybreaker.STATE_HALF_OPEN
+
+
+@dataclass(frozen=True)
+class BreakerConfig:
+    """The one definition of a breaker's settings and their defaults."""
+
+    fail_max: int = 5
+    reset_timeout_s: float = 10.0
+    half_open_max_calls: int = 1
+
+    def __post_init__(self) -> None:
+        if self.fail_max < 1 or self.reset_timeout_s <= 0 or self.half_open_max_calls < 1:
+            raise ValueError("need fail_max >= 1, reset_timeout_s > 0 and half_open_max_calls >= 1")
+
+
+class BreakerListener(Protocol):
+    """Told about a breaker's state: `changed` is False for the initial (closed) state."""
+
+    def state_changed(self, target: str, state: str, *, changed: bool) -> None: ...
+
+    def forgotten(self, target: str) -> None: ...
 
 
 class _Observer(pybreaker.CircuitBreakerListener):
-    def __init__(
-        self, target: str, metrics: BackendMetrics | None, on_open: Callable[[str], None] | None
-    ) -> None:
+    def __init__(self, target: str, listeners: Sequence[BreakerListener]) -> None:
         self.target = target
-        self.metrics = metrics
-        self.on_open = on_open
+        self.listeners = listeners
 
     def state_change(self, cb: pybreaker.CircuitBreaker, old_state: Any, new_state: Any) -> None:
         old = old_state.name if old_state is not None else "none"
@@ -43,11 +65,8 @@ class _Observer(pybreaker.CircuitBreakerListener):
         trace.get_current_span().add_event(
             "breaker.state_change", {"target": self.target, "from": old, "to": new}
         )
-        if self.metrics is not None:
-            self.metrics.breaker_state.labels(self.target).set(STATE_VALUE[new])
-            self.metrics.breaker_transitions_total.labels(self.target, new).inc()
-        if new == pybreaker.STATE_OPEN and self.on_open is not None:
-            self.on_open(self.target)
+        for listener in self.listeners:
+            listener.state_changed(self.target, new, changed=True)
 
 
 class Breaker:
@@ -60,34 +79,31 @@ class Breaker:
     def __init__(
         self,
         target: str,
+        config: BreakerConfig,
         *,
-        fail_max: int,
-        reset_timeout_s: float,
-        half_open_max_calls: int,
         is_failure: Callable[[BaseException], bool],
-        metrics: BackendMetrics | None = None,
-        on_open: Callable[[str], None] | None = None,
+        listeners: Sequence[BreakerListener] = (),
     ) -> None:
         self.target = target
-        self.half_open_max_calls = half_open_max_calls
+        self.half_open_max_calls = config.half_open_max_calls
         self._trials = 0
         self._is_failure = is_failure
+        self._listeners = tuple(listeners)
         self._breaker = pybreaker.CircuitBreaker(
-            fail_max=fail_max,
-            reset_timeout=reset_timeout_s,
-            listeners=[_Observer(target, metrics, on_open)],
+            fail_max=config.fail_max,
+            reset_timeout=config.reset_timeout_s,
+            listeners=[_Observer(target, self._listeners)],
             name=target,
             # Keep the original error: callers map it to a status and may retry elsewhere.
             throw_new_error_on_trip=False,
         )
-        self._metrics = metrics
-        if metrics is not None:
-            metrics.breaker_state.labels(target).set(0)
+        for listener in self._listeners:
+            listener.state_changed(target, CLOSED, changed=False)
 
     def forget(self) -> None:
         """The target is gone from the configuration: stop exporting its state."""
-        if self._metrics is not None:
-            self._metrics.breaker_state.remove(self.target)
+        for listener in self._listeners:
+            listener.forgotten(self.target)
 
     @property
     def state(self) -> str:
@@ -100,6 +116,11 @@ class Breaker:
     def trip(self) -> None:
         """Open now (a peer saw the target fail): the usual reset timeout and trial calls follow."""
         self._breaker.open()
+
+    def close(self) -> None:
+        """Close now (a probe outside the request path found the target healthy again)."""
+        if self._breaker.current_state != CLOSED:
+            self._breaker.close()
 
     def admits(self) -> bool:
         """Would a call be let through now? (Routing skips a replica whose breaker would refuse.)"""

@@ -164,7 +164,8 @@ class BackendMetrics(HopMetrics):
         )
         self.failovers_total = Counter(
             "aftershock_failovers",
-            "Streams moved to another replica; phase is before_first_token or mid_stream.",
+            "Streams moved to another replica; phase is before_first_token or mid_stream; outcome is "
+            "attempted, resumed, or why a mid-stream move was refused (not_deterministic, not_reproducible).",
             ["model", "phase", "outcome"],
             registry=registry,
         )

@@ -6,19 +6,28 @@ import asyncio
 import time
 
 from aftershock.backend.breaker_sync import BreakerSync
-from aftershock.breaker import Breaker
+from aftershock.breaker import Breaker, BreakerConfig
+from aftershock.redis_guard import GuardedRedis, RedisGuardConfig
 
 TARGET = "inference:inference-0"
 
 
 def _breaker(sync_ref: list[BreakerSync]) -> Breaker:
-    return Breaker(
-        TARGET,
-        fail_max=2,
-        reset_timeout_s=0.5,
-        half_open_max_calls=1,
-        is_failure=lambda e: True,
-        on_open=lambda target: sync_ref[0].opened(target),
+    class Publish:
+        def state_changed(self, target: str, state: str, *, changed: bool) -> None:
+            if changed:  # the sync exists by the time the breaker changes state
+                sync_ref[0].state_changed(target, state, changed=changed)
+
+        def forgotten(self, target: str) -> None:
+            pass
+
+    config = BreakerConfig(fail_max=2, reset_timeout_s=0.5)
+    return Breaker(TARGET, config, is_failure=lambda e: True, listeners=[Publish()])
+
+
+def _guard(url: str, timeout_s: float = 0.25) -> GuardedRedis:
+    return GuardedRedis(
+        RedisGuardConfig(url, socket_timeout_s=timeout_s, socket_connect_timeout_s=timeout_s), name="test"
     )
 
 
@@ -41,8 +50,8 @@ async def test_a_peer_opening_opens_ours_once(redis_url: str) -> None:
     ref_a: list[BreakerSync] = []
     ref_b: list[BreakerSync] = []
     a, b = _breaker(ref_a), _breaker(ref_b)
-    sync_a = BreakerSync(redis_url, lambda: {TARGET: a}, interval_s=0.1)
-    sync_b = BreakerSync(redis_url, lambda: {TARGET: b}, interval_s=0.1)
+    sync_a = BreakerSync(_guard(redis_url), lambda: {TARGET: a}, interval_s=0.1)
+    sync_b = BreakerSync(_guard(redis_url), lambda: {TARGET: b}, interval_s=0.1)
     ref_a.append(sync_a)
     ref_b.append(sync_b)
     await sync_a.start()
@@ -67,7 +76,7 @@ async def test_a_peer_opening_opens_ours_once(redis_url: str) -> None:
 async def test_redis_down_means_not_shared_and_no_errors() -> None:
     ref: list[BreakerSync] = []
     a = _breaker(ref)
-    sync = BreakerSync("redis://127.0.0.1:1/0", lambda: {TARGET: a}, interval_s=0.05, timeout_s=0.05)
+    sync = BreakerSync(_guard("redis://127.0.0.1:1/0", 0.05), lambda: {TARGET: a}, interval_s=0.05)
     ref.append(sync)
     await sync.start()
     try:

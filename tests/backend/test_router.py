@@ -8,8 +8,9 @@ import grpc
 import pytest
 from aftershock import errors
 from aftershock.backend.registry import ModelRegistry, ModelRoute, RegistryConfig, ReplicaConfig
-from aftershock.backend.replicas import BreakerConfig, Replica, ReplicaPool
+from aftershock.backend.replicas import Replica, ReplicaPool
 from aftershock.backend.router import Router
+from aftershock.breaker import BreakerConfig
 from aftershock.metrics import BackendMetrics, new_registry
 
 CONFIG = RegistryConfig(
@@ -30,7 +31,7 @@ class Fixture:
         # Replicas as the pool keeps them, without health watches: each test sets health itself.
         breaker = BreakerConfig(fail_max=2, reset_timeout_s=60.0)
         for rc in CONFIG.replicas:
-            self.pool.replicas[rc.name] = Replica(rc, breaker, metrics)
+            self.pool.replicas[rc.name] = Replica(rc, breaker)
 
     def router(self) -> Router:
         return Router(self.registry, self.pool)

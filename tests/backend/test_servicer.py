@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -12,10 +11,9 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
-from aftershock.backend.resume import is_deterministic, skip_delivered
 from aftershock.backend.service import BackendService
 from aftershock.inference.sim_config import SimModelConfig
-from aftershock.inference.sim_tokens import TokenStream, expected_text
+from aftershock.inference.sim_tokens import expected_text
 from aftershock.ports import free_port
 from aftershock.v1 import backend_pb2_grpc
 from aftershock.v1 import generation_pb2 as pb
@@ -33,76 +31,6 @@ from tests.inproc import (
 
 module_loop = pytest.mark.asyncio(loop_scope="module")
 PROMPT = "tell me a story"
-
-# --- skip_delivered: resuming a deterministic stream by characters ----------------------------------
-
-
-def msg(
-    *tokens: str, finish: pb.FinishReason.ValueType = pb.FINISH_REASON_UNSPECIFIED
-) -> pb.GenerateResponse:
-    return pb.GenerateResponse(tokens=list(tokens), finish_reason=finish)
-
-
-def test_skip_within_pieces_split_differently_on_resume() -> None:
-    # The first replica delivered "Hello wor" as ["Hello", " wor"]; the new one splits differently.
-    kept, left = skip_delivered(msg("Hel", "lo w", "orld", "!"), len("Hello wor"))
-    assert kept is not None and list(kept.tokens) == ["ld", "!"]
-    assert left == 0
-
-
-def test_skip_that_consumes_a_whole_message_sends_nothing() -> None:
-    kept, left = skip_delivered(msg(" one", " two"), 10)
-    assert kept is None
-    assert left == 2
-
-
-def test_finish_message_with_nothing_left_is_still_sent() -> None:
-    kept, left = skip_delivered(msg(" end", finish=pb.FINISH_REASON_LENGTH), 4)
-    assert kept is not None
-    assert list(kept.tokens) == []
-    assert kept.finish_reason == pb.FINISH_REASON_LENGTH
-    assert left == 0
-
-
-def test_skip_on_a_piece_boundary_keeps_the_next_piece_whole() -> None:
-    kept, left = skip_delivered(msg("ab", "cd", "ef"), 2)
-    assert kept is not None and list(kept.tokens) == ["cd", "ef"] and left == 0
-
-
-def test_skip_spanning_messages_reproduces_the_text_exactly() -> None:
-    stream = TokenStream("m", PROMPT, 3)
-    text = "".join(stream.next() for _ in range(60))
-    rng = random.Random(11)
-    for _ in range(200):
-        # The resumed stream, cut into random messages of random pieces (non-ASCII included).
-        full = text + " ünï ☃ end"
-        cuts = sorted(rng.sample(range(1, len(full)), rng.randint(1, 25)))
-        pieces = [full[a:b] for a, b in zip([0, *cuts], [*cuts, len(full)], strict=True)]
-        messages: list[pb.GenerateResponse] = []
-        while pieces:
-            n = rng.randint(1, 4)
-            messages.append(msg(*pieces[:n]))
-            pieces = pieces[n:]
-        messages[-1].finish_reason = pb.FINISH_REASON_STOP
-        delivered = rng.randint(0, len(full))
-        out: list[str] = []
-        skip = delivered
-        sent: list[pb.GenerateResponse] = []
-        for m in messages:
-            kept, skip = skip_delivered(m, skip) if skip else (m, 0)
-            if kept is not None:
-                sent.append(kept)
-                out.extend(kept.tokens)
-        assert "".join(out) == full[delivered:]
-        assert sent[-1].finish_reason == pb.FINISH_REASON_STOP  # the end always arrives
-
-
-def test_deterministic_means_seeded_or_greedy() -> None:
-    assert is_deterministic(generate_request("m", seed=0))
-    assert is_deterministic(generate_request("m", seed=None, temperature=0.0))
-    assert not is_deterministic(generate_request("m", seed=None))
-    assert not is_deterministic(generate_request("m", seed=None, temperature=0.7))
-
 
 # --- the service ------------------------------------------------------------------------------------
 
@@ -289,7 +217,9 @@ async def test_list_models_counts_ready_and_total_replicas(env: Env) -> None:
     # Limits are learned from a ready replica; none can be learned for a model without one.
     sim = by_name["sim"]
     assert (sim.max_model_len, sim.max_output_tokens, sim.engine) == (2048, 64, "sim")
+    assert sim.reproducible  # the sim declares it; the backend passes it on
     assert (by_name["orphan"].max_model_len, by_name["orphan"].engine) == (0, "")
+    assert not by_name["orphan"].reproducible
     assert env.counter("aftershock_replica_healthy", model="half", replica="dead") == 0
     assert env.counter("aftershock_replica_healthy", model="half", replica="a") == 1
 

@@ -14,7 +14,6 @@ from aftershock import errors
 from aftershock.edge import errors as http_errors
 from aftershock.edge.auth import ANONYMOUS, ApiKey
 from aftershock.edge.ratelimit import (
-    _TAKE,
     UNCHECKED,
     RateLimitConfig,
     RateLimiter,
@@ -22,6 +21,7 @@ from aftershock.edge.ratelimit import (
     TokensExceedLimit,
     format_duration,
 )
+from aftershock.edge.ratelimit_script import TAKE
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from tests.servers import RedisServer
@@ -333,4 +333,4 @@ async def test_bucket_state_in_redis(make_limiter: Limiter, redis_url: str) -> N
         assert 1000 < await admin.pttl(name) <= 2000  # refill time (1 s) plus a second of slack
     finally:
         await admin.aclose()
-    assert "redis.call('TIME')" in _TAKE
+    assert "redis.call('TIME')" in TAKE

@@ -13,11 +13,10 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
-
-from aftershock.breaker import Breaker
+from aftershock.breaker import OPEN, Breaker
+from aftershock.redis_guard import GuardedRedis, RedisDown
 
 log = logging.getLogger(__name__)
 
@@ -25,15 +24,16 @@ KEY_PREFIX = "aftershock:breaker:"
 
 
 class BreakerSync:
+    """A BreakerListener for the replicas' breakers: their openings are published to peers."""
+
     def __init__(
         self,
-        redis_url: str,
+        redis: GuardedRedis,
         breakers: Callable[[], Mapping[str, Breaker]],
         *,
         interval_s: float = 1.0,
-        timeout_s: float = 0.25,
     ) -> None:
-        self._redis = aioredis.from_url(redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        self._redis = redis
         self._breakers = breakers
         self._interval_s = interval_s
         self._task: asyncio.Task[None] | None = None
@@ -41,6 +41,13 @@ class BreakerSync:
         self._seen: dict[str, str] = {}  # target -> the last peer open event adopted
         self._adopting: set[str] = set()
         self._wake = asyncio.Event()
+
+    def state_changed(self, target: str, state: str, *, changed: bool) -> None:
+        if changed and state == OPEN:
+            self.opened(target)
+
+    def forgotten(self, target: str) -> None:
+        pass
 
     def opened(self, target: str) -> None:
         """Called (in the event loop) when a local breaker opens: publish it soon."""
@@ -50,6 +57,7 @@ class BreakerSync:
         self._wake.set()
 
     async def start(self) -> None:
+        await self._redis.start()
         self._task = asyncio.create_task(self._run(), name="breaker-sync")
 
     async def close(self) -> None:
@@ -57,7 +65,7 @@ class BreakerSync:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self._redis.aclose()
+        await self._redis.close()
 
     async def _run(self) -> None:
         while True:
@@ -68,8 +76,8 @@ class BreakerSync:
             try:
                 await self._publish()
                 await self._adopt()
-            except (RedisError, OSError) as exc:
-                log.debug("breaker sync skipped", extra={"error": type(exc).__name__})
+            except RedisDown as exc:
+                log.debug("breaker sync skipped", extra={"error": str(exc)})
 
     async def _publish(self) -> None:
         pending, self._pending = self._pending, {}
@@ -81,7 +89,7 @@ class BreakerSync:
             ttl_ms = int(breaker.reset_timeout_s * 1000)
             value = str(opened_at)
             self._seen[target] = value  # our own event: never adopt it back
-            await self._redis.set(KEY_PREFIX + target, value, px=ttl_ms)
+            await self._redis.call(partial(self._redis.client.set, KEY_PREFIX + target, value, px=ttl_ms))
 
     async def _adopt(self) -> None:
         """Open, locally, every breaker a peer opened within its reset timeout."""
@@ -89,7 +97,7 @@ class BreakerSync:
         if not breakers:
             return
         targets = list(breakers)
-        values = await self._redis.mget([KEY_PREFIX + t for t in targets])
+        values = await self._redis.call(partial(self._redis.client.mget, [KEY_PREFIX + t for t in targets]))
         for target, raw in zip(targets, values, strict=True):
             if raw is None:
                 continue

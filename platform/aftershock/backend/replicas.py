@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from aftershock.backend.breaker_metrics import BreakerMetrics
 from aftershock.backend.registry import RegistryConfig, ReplicaConfig
-from aftershock.breaker import Breaker
+from aftershock.breaker import Breaker, BreakerConfig, BreakerListener
 from aftershock.metrics import BackendMetrics
 from aftershock.rpc.client import insecure_channel
 from aftershock.v1 import generation_pb2 as pb
@@ -22,31 +22,16 @@ log = logging.getLogger(__name__)
 INFERENCE_SERVICE = "aftershock.v1.Inference"
 
 
-@dataclass(frozen=True)
-class BreakerConfig:
-    fail_max: int = 5
-    reset_timeout_s: float = 10.0
-    half_open_max_calls: int = 1
-
-
 class Replica:
     def __init__(
         self,
         config: ReplicaConfig,
         breaker: BreakerConfig | None = None,
-        metrics: BackendMetrics | None = None,
         is_failure: Callable[[BaseException], bool] = lambda exc: True,
-        on_open: Callable[[str], None] | None = None,
+        listeners: Sequence[BreakerListener] = (),
     ) -> None:
-        bc = breaker or BreakerConfig()
         self.breaker = Breaker(
-            f"inference:{config.name}",
-            fail_max=bc.fail_max,
-            reset_timeout_s=bc.reset_timeout_s,
-            half_open_max_calls=bc.half_open_max_calls,
-            is_failure=is_failure,
-            metrics=metrics,
-            on_open=on_open,
+            f"inference:{config.name}", breaker or BreakerConfig(), is_failure=is_failure, listeners=listeners
         )
         self.name = config.name
         self.address = config.address
@@ -83,8 +68,8 @@ class ReplicaPool:
         self._metrics = metrics
         self._breaker = breaker or BreakerConfig()
         self._is_failure = is_failure
-        # Set when breaker state is shared with other backends (BreakerSync.opened).
-        self.on_breaker_open: Callable[[str], None] | None = None
+        # Every replica's breaker reports to these (metrics; BreakerSync when state is shared).
+        self.breaker_listeners: list[BreakerListener] = [BreakerMetrics(metrics)]
         self._retry_min_s = retry_min_s
         self._retry_max_s = retry_max_s
         self.replicas: dict[str, Replica] = {}
@@ -107,7 +92,7 @@ class ReplicaPool:
                 await old.close()
         for name, rc in wanted.items():
             if name not in self.replicas:
-                replica = Replica(rc, self._breaker, self._metrics, self._is_failure, self.on_breaker_open)
+                replica = Replica(rc, self._breaker, self._is_failure, tuple(self.breaker_listeners))
                 self.replicas[name] = replica
                 replica._watch = asyncio.create_task(self._watch(replica), name=f"health-{name}")
         self._publish()

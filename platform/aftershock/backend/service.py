@@ -9,15 +9,17 @@ import logging
 from opentelemetry.instrumentation.redis import RedisInstrumentor
 from prometheus_client import CollectorRegistry
 
+from aftershock.backend.attempt import is_replica_failure
 from aftershock.backend.breaker_sync import BreakerSync
 from aftershock.backend.dedupe import Dedupe
 from aftershock.backend.registry import ModelRegistry
 from aftershock.backend.replicas import ReplicaPool
 from aftershock.backend.router import Router
-from aftershock.backend.servicer import BackendServicer, is_replica_failure
+from aftershock.backend.servicer import BackendServicer
 from aftershock.backend.settings import BackendSettings
 from aftershock.metrics import BackendMetrics, new_registry
 from aftershock.metrics_http import start_metrics_server
+from aftershock.redis_guard import GuardedRedis, RedisGuardConfig
 from aftershock.rpc.interceptors import StatusInterceptor
 from aftershock.rpc.server import RunningServer, install_stop_signals, start_server
 from aftershock.v1 import backend_pb2_grpc
@@ -39,8 +41,9 @@ class BackendService:
         self.router = Router(self.models, self.pool)
         self.breaker_sync: BreakerSync | None = None
         if settings.breaker_shared_state and settings.redis_url:
-            self.breaker_sync = BreakerSync(settings.redis_url, self.pool.breakers)
-            self.pool.on_breaker_open = self.breaker_sync.opened
+            redis = GuardedRedis(RedisGuardConfig(settings.redis_url), name="breaker_sync")
+            self.breaker_sync = BreakerSync(redis, self.pool.breakers)
+            self.pool.breaker_listeners.append(self.breaker_sync)
         dedupe_config = settings.dedupe_config()
         self.dedupe = Dedupe(dedupe_config, self.metrics) if dedupe_config is not None else None
         self._server: RunningServer | None = None

@@ -1,4 +1,7 @@
-"""Settings of the backend service (environment prefix AFTERSHOCK_BACKEND_)."""
+"""Settings of the backend service (environment prefix AFTERSHOCK_BACKEND_).
+
+Each default is defined once, on the config dataclass the setting fills; the fields below refer to it.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +12,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from aftershock.backend.dedupe import DedupeConfig
 from aftershock.backend.registry import ModelRoute, RegistryConfig, ReplicaConfig
-from aftershock.backend.replicas import BreakerConfig
 from aftershock.backend.retry import RetryConfig
+from aftershock.breaker import BreakerConfig
+from aftershock.redis_guard import DEFAULT_TIMEOUT_S
 
 # Served when no registry file is given or it was never readable: one local sim replica.
 DEFAULT_FALLBACK = RegistryConfig(
@@ -39,31 +43,31 @@ class BackendSettings(BaseSettings):
     max_in_flight: int = Field(1024, gt=0)
 
     # Circuit breaker per inference replica.
-    breaker_fail_max: int = Field(5, gt=0)
-    breaker_reset_timeout_s: float = Field(10.0, gt=0)
-    breaker_half_open_max_calls: int = Field(1, gt=0)
+    breaker_fail_max: int = Field(BreakerConfig.fail_max, gt=0)
+    breaker_reset_timeout_s: float = Field(BreakerConfig.reset_timeout_s, gt=0)
+    breaker_half_open_max_calls: int = Field(BreakerConfig.half_open_max_calls, gt=0)
     # Share breaker openings with the other backend replicas through redis_url.
     breaker_shared_state: bool = False
 
     # Retries: attempts per request (first try included), backoff with full jitter, a time limit for
     # a try's first message, and a budget (a fraction of recent requests plus a floor per second).
-    retry_max_attempts: int = Field(3, ge=1)
-    retry_backoff_base_s: float = Field(0.025, ge=0)
-    retry_backoff_cap_s: float = Field(1.0, ge=0)
-    retry_per_try_timeout_s: float = Field(10.0, gt=0)
-    retry_stream_idle_timeout_s: float = Field(10.0, gt=0)
-    retry_budget_ratio: float = Field(0.2, ge=0)
-    retry_budget_min_per_s: float = Field(5.0, ge=0)
-    retry_budget_window_s: float = Field(10.0, gt=0)
+    retry_max_attempts: int = Field(RetryConfig.max_attempts, ge=1)
+    retry_backoff_base_s: float = Field(RetryConfig.backoff_base_s, ge=0)
+    retry_backoff_cap_s: float = Field(RetryConfig.backoff_cap_s, ge=0)
+    retry_per_try_timeout_s: float = Field(RetryConfig.per_try_timeout_s, gt=0)
+    retry_stream_idle_timeout_s: float = Field(RetryConfig.stream_idle_timeout_s, gt=0)
+    retry_budget_ratio: float = Field(RetryConfig.budget_ratio, ge=0)
+    retry_budget_min_per_s: float = Field(RetryConfig.budget_min_per_s, ge=0)
+    retry_budget_window_s: float = Field(RetryConfig.budget_window_s, gt=0)
 
     # Redis for dedupe; unset switches dedupe off (Idempotency-Key is then ignored).
     redis_url: str | None = None
     # Also dedupe deterministic (seeded or greedy) requests without a key, by content hash.
     dedupe_content_hash: bool = False
-    dedupe_lease_ms: int = Field(10_000, gt=0)
-    dedupe_renew_every_ms: int = Field(3_000, gt=0)
-    dedupe_result_ttl_s: float = Field(300.0, gt=0)
-    dedupe_redis_timeout_s: float = Field(0.25, gt=0)
+    dedupe_lease_ms: int = Field(DedupeConfig.lease_ms, gt=0)
+    dedupe_renew_every_ms: int = Field(DedupeConfig.renew_every_ms, gt=0)
+    dedupe_result_ttl_s: float = Field(DedupeConfig.result_ttl_s, gt=0)
+    dedupe_redis_timeout_s: float = Field(DEFAULT_TIMEOUT_S, gt=0)
 
     shutdown_grace_s: float = Field(30.0, ge=0)
     log_level: str = "INFO"

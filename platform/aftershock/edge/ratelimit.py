@@ -19,79 +19,35 @@ Redis unreachable or failing: the request is allowed without headers (fail open:
 limiter must not become an outage of the edge), and Redis is skipped for `circuit_open_s`, after
 which one request probes it, so a dead Redis costs the hot path nothing but a clock read. A
 background PING every `probe_every_s` also closes the circuit, and keeps `aftershock_redis_up`
-current on an idle edge.
+current on an idle edge. The client, circuit and probe are aftershock.redis_guard's.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio as aioredis
 from prometheus_client import Counter, Gauge
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 
 from aftershock import errors
+from aftershock.breaker import BreakerConfig
 from aftershock.clock import SYSTEM_CLOCK, Clock
 from aftershock.edge.auth import ApiKey
+from aftershock.edge.ratelimit_script import TAKE
+from aftershock.redis_guard import (
+    DEFAULT_PROBE_EVERY_S,
+    DEFAULT_TIMEOUT_S,
+    GuardedRedis,
+    RedisDown,
+    RedisGuardConfig,
+)
 
 log = logging.getLogger(__name__)
 
 REDIS_CLIENT = "ratelimit"  # the `client` label of aftershock_redis_up
 BUCKETS = ("requests", "tokens")
-
-# KEYS: one bucket each. ARGV: capacity, window_ms, cost for each bucket in turn.
-# Returns {allowed, retry_ms, then per bucket: remaining, reset_ms, short}; integers only, because
-# Redis truncates Lua numbers in replies.
-_TAKE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local n = #KEYS
-local level, cap, win, cost = {}, {}, {}, {}
-local allowed, wait = 1, 0
--- Milliseconds to refill `deficit` tokens, computed as deficit * window / capacity so that round
--- numbers stay exact (100 of 1000 tokens per 60000 ms is 6000 ms, not 6000.0000001).
-local function refill_ms(i, deficit) return math.ceil(deficit * win[i] / cap[i]) end
-for i = 1, n do
-  cap[i] = tonumber(ARGV[3 * i - 2])
-  win[i] = tonumber(ARGV[3 * i - 1])
-  cost[i] = tonumber(ARGV[3 * i])
-  local s = redis.call('HMGET', KEYS[i], 't', 'ts')
-  local v = cap[i]
-  if s[1] then
-    local elapsed_us = math.max(0, now - tonumber(s[2]))
-    v = math.min(cap[i], tonumber(s[1]) + elapsed_us * cap[i] / (win[i] * 1000))
-  end
-  level[i] = v
-  if v < cost[i] then
-    allowed = 0
-    wait = math.max(wait, refill_ms(i, cost[i] - v))
-  end
-end
-local out = {allowed, wait}
-for i = 1, n do
-  local v = level[i]
-  local short = 0
-  if v < cost[i] then short = 1 end
-  if allowed == 1 then
-    v = v - cost[i]
-    -- Numbers, not tostring(): Redis converts them round-trip exact, tostring() keeps 14 digits.
-    redis.call('HSET', KEYS[i], 't', v, 'ts', now)
-    redis.call('PEXPIRE', KEYS[i], refill_ms(i, cap[i] - v) + 1000)
-  end
-  out[#out + 1] = math.floor(v)
-  out[#out + 1] = refill_ms(i, cap[i] - v)
-  out[#out + 1] = short
-end
-return out
-"""
 
 
 @dataclass(frozen=True)
@@ -111,21 +67,30 @@ class RateLimitConfig:
     default_max_tokens_charge: int = 256
     key_prefix: str = "aftershock:ratelimit:"
     # Short, so a slow or unreachable Redis costs a request little before the circuit opens.
-    socket_timeout_s: float = 0.25
-    socket_connect_timeout_s: float = 0.25
+    socket_timeout_s: float = DEFAULT_TIMEOUT_S
+    socket_connect_timeout_s: float = DEFAULT_TIMEOUT_S
     # After a Redis failure, requests skip Redis (allowed, no headers) for this long.
     circuit_open_s: float = 5.0
     # A background PING (after start()) keeps redis_up current and closes the circuit without
     # traffic, so an idle edge does not keep reporting a Redis that has recovered; 0 disables.
-    probe_every_s: float = 5.0
+    probe_every_s: float = DEFAULT_PROBE_EVERY_S
 
     def __post_init__(self) -> None:
-        if self.window_s <= 0 or self.circuit_open_s < 0 or self.probe_every_s < 0:
-            raise ValueError("window_s must be positive, circuit_open_s and probe_every_s not negative")
-        if self.socket_timeout_s <= 0 or self.socket_connect_timeout_s <= 0:
-            raise ValueError("Redis timeouts must be positive")
+        if self.window_s <= 0 or self.circuit_open_s <= 0:
+            raise ValueError("window_s and circuit_open_s must be positive")
         if (self.default_rpm or 0) < 0 or (self.default_tpm or 0) < 0 or self.default_max_tokens_charge < 1:
             raise ValueError("limits must not be negative and default_max_tokens_charge must be >= 1")
+
+    def redis(self, url: str) -> RedisGuardConfig:
+        """The guarded Redis: the first failure opens the circuit; after circuit_open_s one request
+        probes (the others keep skipping Redis)."""
+        return RedisGuardConfig(
+            url=url,
+            socket_timeout_s=self.socket_timeout_s,
+            socket_connect_timeout_s=self.socket_connect_timeout_s,
+            breaker=BreakerConfig(fail_max=1, reset_timeout_s=self.circuit_open_s, half_open_max_calls=1),
+            probe_every_s=self.probe_every_s,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,37 +133,28 @@ class RateLimiter:
         """`redis_up`: the aftershock_redis_up child for REDIS_CLIENT; `fail_open_total` has the label
         ["reason"] (redis_error, circuit_open); `rejected_total` the label ["bucket"] (requests, tokens)."""
         self.config = config
-        self._clock = clock
-        self._redis_up = redis_up
         self._window_ms = max(1, round(config.window_s * 1000))
         self._per = "minute" if self._window_ms == 60_000 else format_duration(self._window_ms)
-        self._client: aioredis.Redis | None = None
+        self._redis: GuardedRedis | None = None
         if config.redis_url:
-            self._client = aioredis.Redis.from_url(
-                config.redis_url,
-                socket_timeout=config.socket_timeout_s,
-                socket_connect_timeout=config.socket_connect_timeout_s,
-                # One immediate resend on a connection error only: it replaces a stale pooled connection
-                # after a Redis restart. Timeouts are not resent: the circuit decides, not a backoff.
-                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-                protocol=2,
+            self._redis = GuardedRedis(
+                config.redis(config.redis_url),
+                name=REDIS_CLIENT,
+                on_up=redis_up.set if redis_up is not None else None,
+                clock=clock,
             )
             # redis-py's Script runs EVALSHA and, on NOSCRIPT (a restarted or flushed Redis), loads the
             # script and runs it again.
-            self._take = self._client.register_script(_TAKE)
+            self._take = self._redis.client.register_script(TAKE)
         elif config.default_rpm or config.default_tpm:
             log.warning("rate limits are configured but there is no redis_url: nothing is limited")
-        self._down = False
-        self._retry_at = 0.0
-        self._probing = False
-        self._prober: asyncio.Task[None] | None = None
         self.fail_open_count = 0
         self._fail_open: Callable[[str], None] = _counter(fail_open_total, ("redis_error", "circuit_open"))
         self._rejected: Callable[[str], None] = _counter(rejected_total, BUCKETS)
 
     @property
     def enabled(self) -> bool:
-        return self._client is not None
+        return self._redis is not None
 
     def limits_for(self, key: ApiKey) -> tuple[int, int]:
         """(requests, tokens) per window for the key; 0 is unlimited."""
@@ -209,34 +165,19 @@ class RateLimiter:
     async def start(self) -> None:
         """Load the script ahead of the first request (best effort: a failure here is not fatal) and
         start the background probe."""
-        if self._client is None:
+        if self._redis is None:
             return
+        redis = self._redis
         try:
-            await self._client.script_load(_TAKE)
-            self._mark_up()
-        except (RedisError, OSError) as exc:
-            self._mark_down(exc)
-        if self.config.probe_every_s > 0 and self._prober is None:
-            self._prober = asyncio.create_task(self._probe_loop(self._client), name="ratelimit-redis-probe")
+            await redis.call(lambda: redis.client.script_load(TAKE))
+        except RedisDown:
+            pass  # counted and logged by the guard; requests fail open until it is back
+        if self.config.probe_every_s > 0:
+            await redis.start()
 
     async def close(self) -> None:
-        if self._prober is not None:
-            self._prober.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._prober
-            self._prober = None
-        if self._client is not None:
-            await self._client.aclose()
-
-    async def _probe_loop(self, client: aioredis.Redis) -> None:
-        while True:
-            await asyncio.sleep(self.config.probe_every_s)
-            try:
-                await client.ping()
-            except (RedisError, OSError) as exc:
-                self._mark_down(exc)
-            else:
-                self._mark_up()
+        if self._redis is not None:
+            await self._redis.close()
 
     async def check(self, key: ApiKey, max_tokens: int | None) -> RateLimitDecision:
         """Charge one request and its max_tokens to the key's buckets.
@@ -245,7 +186,7 @@ class RateLimiter:
         max_tokens is above the key's whole tokens limit. Returns UNCHECKED when nothing applies or
         Redis is unusable.
         """
-        if self._client is None:
+        if self._redis is None:
             return UNCHECKED
         rpm, tpm = self.limits_for(key)
         if not rpm and not tpm:
@@ -260,9 +201,6 @@ class RateLimiter:
                 "lower max_tokens.",
                 param="max_tokens",
             )
-        if self._down and (self._probing or self._clock.now() < self._retry_at):
-            self._skip("circuit_open")
-            return UNCHECKED
         buckets: list[str] = []
         keys: list[str] = []
         args: list[int] = []
@@ -272,19 +210,11 @@ class RateLimiter:
                 buckets.append(bucket)
                 keys.append(base + bucket)
                 args += (limit, self._window_ms, cost)
-        probe = self._down
-        if probe:
-            self._probing = True  # while one request probes a Redis that was down, the others skip it
         try:
-            reply: list[int] = await self._take(keys=keys, args=args)
-        except (RedisError, OSError, TimeoutError) as exc:
-            self._mark_down(exc)
-            self._skip("redis_error")
+            reply: list[int] = await self._redis.call(lambda: self._take(keys=keys, args=args))
+        except RedisDown as exc:
+            self._skip("circuit_open" if exc.refused else "redis_error")
             return UNCHECKED
-        finally:
-            if probe:
-                self._probing = False
-        self._mark_up()
         return self._decide(key, buckets, args, reply)
 
     def _decide(
@@ -316,21 +246,6 @@ class RateLimiter:
     def _skip(self, reason: str) -> None:
         self.fail_open_count += 1
         self._fail_open(reason)
-
-    def _mark_down(self, exc: BaseException) -> None:
-        if not self._down:
-            log.warning("rate limiter: Redis failed; failing open", extra={"error": repr(exc)})
-        self._down = True
-        self._retry_at = self._clock.now() + self.config.circuit_open_s
-        if self._redis_up is not None:
-            self._redis_up.set(0)
-
-    def _mark_up(self) -> None:
-        if self._down:
-            log.info("rate limiter: Redis is back")
-        self._down = False
-        if self._redis_up is not None:
-            self._redis_up.set(1)
 
 
 def format_duration(ms: int) -> str:

@@ -72,6 +72,9 @@ class EngineStats:
 
 class Engine(Protocol):
     kind: str
+    # Whether a deterministic (seeded or greedy) request yields the same text on every replica of
+    # this engine; the backend resumes a broken stream on another replica only when it does.
+    reproducible: bool
 
     async def start(self) -> None: ...
 

@@ -34,6 +34,8 @@ _FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length", "abort":
 
 class OpenAIEngine:
     kind = "openai"
+    # An upstream server promises nothing about reproducing a seeded stream (configurable later).
+    reproducible = False
 
     def __init__(
         self,

@@ -14,6 +14,7 @@ from aftershock import errors
 from aftershock.context import request_id_var
 from aftershock.inference import convert
 from aftershock.inference.engine import Engine, EngineOutput
+from aftershock.rpc.deadline import deadline_of
 from aftershock.tracing import (
     GEN_AI_FINISH_REASONS,
     GEN_AI_INPUT_TOKENS,
@@ -53,9 +54,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                     "aftershock.request_id": request.request_id,
                 }
             )
-        remaining = context.time_remaining()
-        deadline = time.monotonic() + remaining if remaining is not None else None
-        outputs = self._engine.generate(convert.engine_request(request, deadline))
+        outputs = self._engine.generate(convert.engine_request(request, deadline_of(context)))
         if not request.stream:
             # One message per hop for a non-streamed request: the whole completion at once.
             tokens: list[str] = []
@@ -63,14 +62,14 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                 tokens.extend(out.tokens)
                 if out.finish_reason is not None:
                     _record(span, out, arrival_ns)
-                    yield convert.response(out, tokens)
+                    yield self._response(out, tokens)
             return
         interval = request.stream_interval
         if interval <= 1:
             async for out in outputs:
                 if out.finish_reason is not None:
                     _record(span, out, arrival_ns)
-                yield convert.response(out)
+                yield self._response(out)
             return
         # Batch to at least `interval` tokens per message, but never hold back the first token.
         pending: list[str] = []
@@ -80,14 +79,22 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             if first or len(pending) >= interval or out.finish_reason is not None:
                 if out.finish_reason is not None:
                     _record(span, out, arrival_ns)
-                yield convert.response(out, pending)
+                yield self._response(out, pending)
                 pending = []
                 first = False
+
+    def _response(self, out: EngineOutput, tokens: list[str] | None = None) -> pb.GenerateResponse:
+        msg = convert.response(out, tokens)
+        msg.reproducible = self._engine.reproducible
+        return msg
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListModelsResponse:
-        return pb.ListModelsResponse(models=[convert.model_info(m) for m in self._engine.models()])
+        models = [convert.model_info(m) for m in self._engine.models()]
+        for info in models:
+            info.reproducible = self._engine.reproducible
+        return pb.ListModelsResponse(models=models)
 
 
 def _record(span: Span, out: EngineOutput, arrival_ns: int) -> None:

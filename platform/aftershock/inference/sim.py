@@ -267,6 +267,8 @@ def split_at_stop(pending: str, stops: tuple[str, ...]) -> tuple[str, str, bool]
 
 class SimEngine:
     kind = "sim"
+    # Seeded or greedy requests give the same text on every replica: mid-stream resume may rely on it.
+    reproducible = True
 
     def __init__(
         self,

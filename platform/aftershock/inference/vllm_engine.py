@@ -78,6 +78,8 @@ _FINISH: dict[str | None, FinishReason] = {"stop": "stop", "length": "length", "
 
 class VllmEngine:
     kind = "vllm"
+    # Only with batch invariance does vLLM reproduce a seeded stream exactly; not assumed.
+    reproducible = False
 
     def __init__(
         self,

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TypeVar
+from dataclasses import dataclass, field
 
 from aftershock import errors
-
-T = TypeVar("T")
-
-BREAKER_TARGET = "redis"
-REDIS_CLIENT = "dedupe"  # the `client` label of aftershock_redis_up
-_READ_COUNT = 512  # stream entries per XREAD/XRANGE page
+from aftershock.breaker import BreakerConfig
+from aftershock.redis_guard import DEFAULT_PROBE_EVERY_S, DEFAULT_TIMEOUT_S, RedisGuardConfig
 
 
 @dataclass(frozen=True)
@@ -26,13 +21,12 @@ class DedupeConfig:
     # A joiner waits this long in XREAD BLOCK before checking that the owner is still alive.
     join_poll_ms: int = 1_000
     # Short, so that an unreachable Redis costs a request little before the breaker opens.
-    socket_timeout_s: float = 0.25
-    socket_connect_timeout_s: float = 0.25
-    breaker_fail_max: int = 5
-    breaker_reset_timeout_s: float = 5.0
-    breaker_half_open_max_calls: int = 1
+    socket_timeout_s: float = DEFAULT_TIMEOUT_S
+    socket_connect_timeout_s: float = DEFAULT_TIMEOUT_S
+    # Redis's breaker: a short reset, so dedupe comes back soon after Redis does.
+    breaker: BreakerConfig = field(default_factory=lambda: BreakerConfig(reset_timeout_s=5.0))
     # A background PING keeps redis_up current and closes the breaker without traffic; 0 disables.
-    probe_every_s: float = 5.0
+    probe_every_s: float = DEFAULT_PROBE_EVERY_S
     # Unflushed messages after which publish() waits for Redis (backpressure, not per message).
     max_pending: int = 1024
     # After the first message, publishes are batched over this long: a paced stream then costs one
@@ -49,10 +43,17 @@ class DedupeConfig:
             raise ValueError("result_ttl_s and join_poll_ms must be positive")
         if self.socket_timeout_s <= 0 or self.socket_connect_timeout_s <= 0:
             raise ValueError("Redis timeouts must be positive")
-        if self.breaker_fail_max < 1 or self.breaker_reset_timeout_s <= 0:
-            raise ValueError("breaker_fail_max must be >= 1 and breaker_reset_timeout_s > 0")
         if self.max_pending < 1 or self.max_attempts < 1:
             raise ValueError("max_pending and max_attempts must be >= 1")
+
+    def redis(self) -> RedisGuardConfig:
+        return RedisGuardConfig(
+            url=self.redis_url,
+            socket_timeout_s=self.socket_timeout_s,
+            socket_connect_timeout_s=self.socket_connect_timeout_s,
+            breaker=self.breaker,
+            probe_every_s=self.probe_every_s,
+        )
 
     @property
     def result_ttl_ms(self) -> int:
@@ -70,10 +71,3 @@ class OwnerLost(errors.Unavailable):
 
     An Unavailable, so that if it escapes unhandled the client sees a retryable 503.
     """
-
-
-class _RedisDown(Exception):
-    """A Redis call failed or its breaker refused it."""
-
-
-# --- request hashing --------------------------------------------------------------------------

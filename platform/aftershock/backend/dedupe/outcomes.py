@@ -6,17 +6,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
-from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from aftershock.backend.dedupe.config import _READ_COUNT, OwnerLost, _RedisDown
-from aftershock.backend.dedupe.scripts import _Keys, _parse_entry
+from aftershock.backend.dedupe.config import OwnerLost
+from aftershock.backend.dedupe.store import NO_IDENTITY, READ_COUNT, DedupeStore, Identity, Keys, parse_entry
+from aftershock.clock import Clock
+from aftershock.redis_guard import RedisDown
 from aftershock.v1 import generation_pb2 as pb
-
-if TYPE_CHECKING:
-    from aftershock.backend.dedupe.service import Dedupe
 
 log = logging.getLogger(__name__)
 
@@ -26,28 +24,28 @@ class Bypass:
     """Serve without dedupe: Redis is unreachable or its breaker is open."""
 
     reason: str
+    identity: Identity = NO_IDENTITY
 
 
 class Replay:
     """A finished result, kept for result_ttl_s."""
 
-    def __init__(self, dedupe: Dedupe, keys: _Keys, owner: str) -> None:
-        self._d = dedupe
+    def __init__(self, store: DedupeStore, keys: Keys, owner: str, identity: Identity) -> None:
+        self.identity = identity
+        self._store = store
         self._stream = keys.stream(owner)
 
     async def messages(self) -> AsyncIterator[pb.GenerateResponse]:
         start = "-"
         while True:
-            entries: Any = await self._d._call_or_lost(
-                partial(self._d._client.xrange, self._stream, min=start, max="+", count=_READ_COUNT)
-            )
+            entries: Any = await self._store.read_range(self._stream, start)
             for entry_id, fields in entries or ():
-                msg = _parse_entry(fields)
+                msg = parse_entry(fields)
                 if msg is None:
                     return
                 yield msg
                 start = "(" + entry_id.decode()
-            if not entries or len(entries) < _READ_COUNT:
+            if not entries or len(entries) < READ_COUNT:
                 # Expired between begin and now (the TTLs of meta and stream are set together).
                 raise OwnerLost("The stored result expired while it was being read.")
 
@@ -55,31 +53,27 @@ class Replay:
 class Join:
     """A duplicate of a live generation: follow its stream from the start."""
 
-    def __init__(self, dedupe: Dedupe, keys: _Keys, owner: str) -> None:
-        self._d = dedupe
+    def __init__(self, store: DedupeStore, keys: Keys, owner: str, identity: Identity) -> None:
+        self.identity = identity
+        self._store = store
         self._keys = keys
         self._owner = owner
 
     async def messages(self) -> AsyncIterator[pb.GenerateResponse]:
-        d = self._d
         stream = self._keys.stream(self._owner)
         last = "0-0"
         while True:
-            resp: Any = await d._call_or_lost(
-                partial(d._blocking.xread, {stream: last}, count=_READ_COUNT, block=d.config.join_poll_ms)
-            )
+            resp: Any = await self._store.read_blocking(stream, last)
             if not resp:
                 # Nothing new within a poll: is the owner still there?
-                status = await d._call_or_lost(
-                    lambda: d._status(keys=[self._keys.lease, self._keys.meta], args=[self._owner])
-                )
+                status = await self._store.status(self._keys, self._owner)
                 if status == b"lost":
                     raise OwnerLost("The request this one joined lost its owner before it finished.")
                 continue  # live, or done (the end entry is then already there to read)
             for _name, entries in resp:
                 for entry_id, fields in entries:
                     last = entry_id.decode()
-                    msg = _parse_entry(fields)
+                    msg = parse_entry(fields)
                     if msg is None:
                         return
                     yield msg
@@ -95,12 +89,26 @@ class Claim:
     Redis latency, not by the token rate, and never sit on the relay's hot path.
     """
 
-    def __init__(self, dedupe: Dedupe, keys: _Keys, token: str, *, taken_over: bool) -> None:
+    def __init__(
+        self,
+        store: DedupeStore,
+        keys: Keys,
+        token: str,
+        *,
+        identity: Identity,
+        taken_over: bool,
+        clock: Clock,
+        on_closed: Callable[[Claim], None] = lambda _claim: None,
+    ) -> None:
         self.taken_over = taken_over
-        self._d = dedupe
+        # A takeover keeps the first request's identity: it is what every duplicate answers with.
+        self.identity = identity
+        self._store = store
+        self._config = store.config
+        self._clock = clock
+        self._on_closed = on_closed
         self._keys = keys
         self._token = token
-        self._stream = keys.stream(token)
         self._pending: list[bytes] = []
         self._flushed = 0  # messages sent to the stream (their seqs are 1.._flushed)
         self._closed = False
@@ -126,7 +134,7 @@ class Claim:
         self._pending.append(msg.SerializeToString())
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_loop(), name="dedupe-publish")
-        elif len(self._pending) >= self._d.config.max_pending:
+        elif len(self._pending) >= self._config.max_pending:
             # wait(), not await: our cancellation must not cancel the flush joiners depend on.
             await asyncio.wait({self._flusher})
 
@@ -145,15 +153,13 @@ class Claim:
             await self._release()
             return False
         batch, self._pending = self._pending, []
-        keys = [self._keys.lease, self._keys.meta, self._stream]
-        args: list[bytes | str | int] = [self._token, self._d.config.result_ttl_ms, self._flushed + 1, *batch]
         try:
-            ok = await self._d._call(lambda: self._d._finish(keys=keys, args=args))
-        except _RedisDown:
+            ok = await self._store.finish(self._keys, self._token, self._flushed + 1, batch)
+        except RedisDown:
             # The lease lapses by itself and a duplicate then generates again.
             return False
         finally:
-            self._d._claims.discard(self)
+            self._on_closed(self)
         return bool(ok)
 
     async def abandon(self) -> None:
@@ -170,7 +176,7 @@ class Claim:
         """Yield `source` while publishing it; finish when it ends, abandon when it fails or is closed."""
         finished = False
         try:
-            async with _closing(source):
+            async with closing(source):
                 async for msg in source:
                     await self.publish(msg)
                     if msg.finish_reason:
@@ -187,16 +193,11 @@ class Claim:
 
     async def _release(self) -> None:
         try:
-            await self._d._call(
-                lambda: self._d._abandon(
-                    keys=[self._keys.lease, self._keys.meta, self._stream],
-                    args=[self._token, self._d.config.lease_ms],
-                )
-            )
-        except _RedisDown:
+            await self._store.abandon(self._keys, self._token)
+        except RedisDown:
             pass  # the lease lapses by itself
         finally:
-            self._d._claims.discard(self)
+            self._on_closed(self)
 
     def _stop_renewing(self) -> None:
         # A renewer inside a Redis call is left to end by itself right after it: cancelled there,
@@ -206,7 +207,7 @@ class Claim:
             self._renewer.cancel()
         self._renewer = None
 
-    def _halt(self) -> None:
+    def halt(self) -> None:
         """Stop background work without touching Redis (Dedupe.close: the lease then lapses)."""
         self._closed = True
         self._stop_renewing()
@@ -214,21 +215,18 @@ class Claim:
             self._flusher.cancel()
 
     async def _flush_loop(self) -> None:
-        cfg = self._d.config
-        keys = [self._keys.lease, self._keys.meta, self._stream]
+        cfg = self._config
         while self._pending and self.healthy:
             if self._flushed and cfg.publish_interval_ms:
                 self._coalescing = True
                 try:
-                    await self._d.clock.sleep(cfg.publish_interval_ms / 1000)
+                    await self._clock.sleep(cfg.publish_interval_ms / 1000)
                 finally:
                     self._coalescing = False
             batch, self._pending = self._pending, []
-            first = self._flushed + 1
-            args: list[bytes | str | int] = [self._token, cfg.lease_ms, cfg.running_ttl_ms, first, *batch]
             try:
-                ok = await self._d._call(partial(self._d._publish, keys=keys, args=args))
-            except _RedisDown:
+                ok = await self._store.publish(self._keys, self._token, self._flushed + 1, batch)
+            except RedisDown:
                 self._fail(broken=True)
                 return
             if not ok:
@@ -237,15 +235,12 @@ class Claim:
             self._flushed += len(batch)
 
     async def _renew_loop(self) -> None:
-        cfg = self._d.config
-        keys = [self._keys.lease, self._keys.meta, self._stream]
-        args: list[str | int] = [self._token, cfg.lease_ms, cfg.running_ttl_ms]
         while True:
-            await self._d.clock.sleep(cfg.renew_every_ms / 1000)
+            await self._clock.sleep(self._config.renew_every_ms / 1000)
             self._renew_in_call = True
             try:
-                ok = await self._d._call(lambda: self._d._renew(keys=keys, args=args))
-            except _RedisDown:
+                ok = await self._store.renew(self._keys, self._token)
+            except RedisDown:
                 ok = None  # try again next time; the lease may still be ours
             finally:
                 self._renew_in_call = False
@@ -270,7 +265,7 @@ Outcome = Claim | Join | Replay | Bypass
 
 
 @contextlib.asynccontextmanager
-async def _closing(source: AsyncIterator[Any]) -> AsyncGenerator[None, None]:
+async def closing(source: AsyncIterator[Any]) -> AsyncGenerator[None, None]:
     """Close an async generator source on the way out, so its downstream call is cancelled now."""
     try:
         yield

@@ -1,17 +1,8 @@
-"""The Redis side of dedupe: key layout and the Lua scripts that keep every write owner-checked
-and idempotent."""
+"""The Lua scripts that keep every dedupe write owner-checked and idempotent (run by store.py)."""
 
 from __future__ import annotations
 
-import asyncio
-from dataclasses import dataclass
-
-from redis.exceptions import RedisError
-
-from aftershock.backend.dedupe.config import OwnerLost
-from aftershock.v1 import generation_pb2 as pb
-
-_LAST_SEQ = """
+LAST_SEQ = """
 local function last_seq(stream)
   local r = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
   if #r == 0 then return 0 end
@@ -19,33 +10,37 @@ local function last_seq(stream)
 end
 """
 
-# KEYS: meta, lease. ARGV: fp, token, lease_ms, running_ttl_ms, stream key prefix.
-_BEGIN = """
+# KEYS: meta, lease. ARGV: fp, token, lease_ms, running_ttl_ms, stream key prefix, completion_id,
+# created. Returns {outcome, owner token, completion_id, created}: the identity (the OpenAI id and
+# created time) of the first request for the key, which every duplicate and replay answers with.
+BEGIN = """
 local meta, lease = KEYS[1], KEYS[2]
 local fp, token = ARGV[1], ARGV[2]
+local cid, created = ARGV[6], ARGV[7]
 local holder = redis.call('GET', lease)
-if holder == token then return {'claimed', token} end  -- a resent begin that had already won
-local stored = redis.call('HMGET', meta, 'fp', 'state', 'owner')
+local stored = redis.call('HMGET', meta, 'fp', 'state', 'owner', 'cid', 'created')
+if stored[4] then cid, created = stored[4], stored[5] end
+if holder == token then return {'claimed', token, cid, created} end  -- a resent begin that had won
 local outcome = 'claimed'
 if stored[1] then
-  if stored[1] ~= fp then return {'conflict', ''} end
-  if stored[2] == 'done' then return {'replayed', stored[3]} end
-  if holder then return {'joined', holder} end
-  -- running, but the lease lapsed: the owner died; its partial stream goes
+  if stored[1] ~= fp then return {'conflict', '', '', '0'} end
+  if stored[2] == 'done' then return {'replayed', stored[3], cid, created} end
+  if holder then return {'joined', holder, cid, created} end
+  -- running, but the lease lapsed: the owner died; its partial stream goes (its identity stays)
   if stored[3] then redis.call('DEL', ARGV[5] .. stored[3]) end
   outcome = 'taken_over'
 elseif holder then
-  return {'joined', holder}
+  return {'joined', holder, cid, created}
 end
 redis.call('SET', lease, token, 'NX', 'PX', ARGV[3])
 redis.call('DEL', meta)
-redis.call('HSET', meta, 'fp', fp, 'state', 'running', 'owner', token)
+redis.call('HSET', meta, 'fp', fp, 'state', 'running', 'owner', token, 'cid', cid, 'created', created)
 redis.call('PEXPIRE', meta, ARGV[4])
-return {outcome, token}
+return {outcome, token, cid, created}
 """
 
 # KEYS: lease, meta, stream. ARGV: token, lease_ms, running_ttl_ms. Only the holder renews.
-_RENEW = """
+RENEW = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
@@ -54,8 +49,8 @@ return 1
 """
 
 # KEYS: lease, meta, stream. ARGV: token, lease_ms, running_ttl_ms, first seq, messages...
-_PUBLISH = (
-    _LAST_SEQ
+PUBLISH = (
+    LAST_SEQ
     + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 local last = last_seq(KEYS[3])
@@ -73,8 +68,8 @@ return 1
 )
 
 # KEYS: lease, meta, stream. ARGV: token, result_ttl_ms, first seq, messages...
-_FINISH = (
-    _LAST_SEQ
+FINISH = (
+    LAST_SEQ
     + """
 local m = redis.call('HMGET', KEYS[2], 'owner', 'state')
 if m[1] == ARGV[1] and m[2] == 'done' then return 1 end  -- a resent finish
@@ -95,8 +90,8 @@ return 1
 )
 
 # KEYS: lease, meta, stream. ARGV: token, marker_ttl_ms. The marker wakes blocked joiners now.
-_ABANDON = (
-    _LAST_SEQ
+ABANDON = (
+    LAST_SEQ
     + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1], KEYS[2])
@@ -107,37 +102,9 @@ return 1
 )
 
 # KEYS: lease, meta. ARGV: token. Is the generation a joiner follows live, done or lost?
-_STATUS = """
+STATUS = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return 'live' end
 local m = redis.call('HMGET', KEYS[2], 'owner', 'state')
 if m[1] == ARGV[1] and m[2] == 'done' then return 'done' end
 return 'lost'
 """
-
-
-@dataclass(frozen=True)
-class _Keys:
-    meta: str
-    lease: str
-    stream_prefix: str
-
-    def stream(self, token: str) -> str:
-        return self.stream_prefix + token
-
-
-def _is_redis_failure(exc: BaseException) -> bool:
-    # Only Redis being unreachable or failing counts; a cancelled call or our own bug does not.
-    return isinstance(exc, (RedisError, OSError, asyncio.TimeoutError))
-
-
-def _parse_entry(fields: dict[bytes, bytes]) -> pb.GenerateResponse | None:
-    """The message in a stream entry; None for the `end` marker; OwnerLost for `abandon`."""
-    data = fields.get(b"m")
-    if data is not None:
-        return pb.GenerateResponse.FromString(data)
-    if b"abandon" in fields:
-        raise OwnerLost("The request this one joined was abandoned.")
-    return None
-
-
-# --- outcomes ----------------------------------------------------------------------------------

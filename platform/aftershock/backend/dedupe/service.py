@@ -27,44 +27,21 @@ duplicate a message.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import hashlib
 import logging
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable
 
-import redis.asyncio as aioredis
 from opentelemetry import trace
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 
 from aftershock import errors
-from aftershock.backend.dedupe.config import (
-    BREAKER_TARGET,
-    REDIS_CLIENT,
-    DedupeConfig,
-    OwnerLost,
-    T,
-    _RedisDown,
-)
-from aftershock.backend.dedupe.outcomes import Bypass, Claim, Join, Outcome, Replay, _closing
-from aftershock.backend.dedupe.scripts import (
-    _ABANDON,
-    _BEGIN,
-    _FINISH,
-    _PUBLISH,
-    _RENEW,
-    _STATUS,
-    _is_redis_failure,
-    _Keys,
-)
-from aftershock.backend.resume import skip_delivered, text_length
-from aftershock.breaker import Breaker
+from aftershock.backend.breaker_metrics import BreakerMetrics
+from aftershock.backend.dedupe.config import DedupeConfig, OwnerLost
+from aftershock.backend.dedupe.outcomes import Bypass, Claim, Join, Outcome, Replay, closing
+from aftershock.backend.dedupe.store import NO_IDENTITY, REDIS_CLIENT, DedupeStore, Identity
+from aftershock.backend.resume import ResumeCursor
 from aftershock.clock import SYSTEM_CLOCK, Clock
 from aftershock.metrics import BackendMetrics
+from aftershock.redis_guard import RedisDown
 from aftershock.v1 import generation_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -84,89 +61,56 @@ def collapse(messages: list[pb.GenerateResponse]) -> pb.GenerateResponse:
     return out
 
 
-# --- the service object ------------------------------------------------------------------------
-
-
 class Dedupe:
     def __init__(self, config: DedupeConfig, metrics: BackendMetrics, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self.config = config
         self.clock = clock
-        self._metrics = metrics
-        self.breaker = Breaker(
-            BREAKER_TARGET,
-            fail_max=config.breaker_fail_max,
-            reset_timeout_s=config.breaker_reset_timeout_s,
-            half_open_max_calls=config.breaker_half_open_max_calls,
-            is_failure=_is_redis_failure,
-            metrics=metrics,
+        self._store = DedupeStore(
+            config,
+            clock=clock,
+            on_up=lambda up: metrics.redis_up.labels(REDIS_CLIENT).set(1 if up else 0),
+            breaker_listeners=[BreakerMetrics(metrics)],
         )
-        common: dict[str, Any] = {
-            "socket_connect_timeout": config.socket_connect_timeout_s,
-            # One immediate resend on a connection error only: it replaces a stale pooled connection
-            # after a Redis restart (our writes are idempotent). Timeouts are not resent: the breaker
-            # decides what happens next, not a backoff inside a request.
-            "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-            # RESP2: one reply shape on every Redis version and proxy we may sit behind.
-            "protocol": 2,
-        }
-        self._client: aioredis.Redis = aioredis.Redis.from_url(
-            config.redis_url, socket_timeout=config.socket_timeout_s, **common
-        )
-        # Joiners block in XREAD for join_poll_ms: their own pool, with a read timeout above that.
-        self._blocking: aioredis.Redis = aioredis.Redis.from_url(
-            config.redis_url, socket_timeout=config.join_poll_ms / 1000 + config.socket_timeout_s, **common
-        )
-        self._begin = self._client.register_script(_BEGIN)
-        self._renew = self._client.register_script(_RENEW)
-        self._publish = self._client.register_script(_PUBLISH)
-        self._finish = self._client.register_script(_FINISH)
-        self._abandon = self._client.register_script(_ABANDON)
-        self._status = self._client.register_script(_STATUS)
+        self.breaker = self._store.redis.breaker
         self._claims: set[Claim] = set()
-        self._prober: asyncio.Task[None] | None = None
         self._closed = False
         self._outcomes = {
             name: metrics.dedupe_requests_total.labels(name)
             for name in ("claimed", "joined", "replayed", "taken_over", "conflict", "bypassed")
         }
 
-    def _keys(self, key: str) -> _Keys:
-        # Hashed: bounded length, and the hash tag keeps one key's entries in one cluster slot.
-        h = hashlib.sha256(key.encode()).hexdigest()[:32]
-        base = f"{self.config.key_prefix}{{{h}}}:"
-        return _Keys(meta=base + "meta", lease=base + "lease", stream_prefix=base + "s:")
-
-    async def begin(self, key: str, fingerprint: str) -> Outcome:
+    async def begin(self, key: str, fingerprint: str, identity: Identity = NO_IDENTITY) -> Outcome:
         """Claim, join or replay the generation for `key`; Bypass when Redis cannot be used.
 
-        Raises errors.AlreadyExists when `key` is known with a different fingerprint.
+        `identity` is this request's response id and created time; the outcome carries the first
+        request's. Raises errors.AlreadyExists when `key` is known with a different fingerprint.
         """
         if not self.breaker.admits():
-            return self._bypass("breaker_open")
-        keys = self._keys(key)
+            return self._bypass("breaker_open", identity)
+        keys = self._store.keys(key)
         token = secrets.token_hex(16)
-        args: list[str | int] = [
-            fingerprint,
-            token,
-            self.config.lease_ms,
-            self.config.running_ttl_ms,
-            keys.stream_prefix,
-        ]
         try:
-            res = await self._call(lambda: self._begin(keys=[keys.meta, keys.lease], args=args))
-        except _RedisDown:
-            return self._bypass("redis_unavailable")
-        outcome, owner = res[0].decode(), res[1].decode()
-        self._count(outcome)
-        if outcome == "conflict":
+            begun = await self._store.begin(keys, fingerprint, token, identity)
+        except RedisDown:
+            return self._bypass("redis_unavailable", identity)
+        self._count(begun.outcome)
+        if begun.outcome == "conflict":
             raise errors.AlreadyExists(
                 "Idempotency-Key reused with a different request body", param="idempotency_key"
             )
-        if outcome == "joined":
-            return Join(self, keys, owner)
-        if outcome == "replayed":
-            return Replay(self, keys, owner)
-        claim = Claim(self, keys, token, taken_over=outcome == "taken_over")
+        if begun.outcome == "joined":
+            return Join(self._store, keys, begun.owner, begun.identity)
+        if begun.outcome == "replayed":
+            return Replay(self._store, keys, begun.owner, begun.identity)
+        claim = Claim(
+            self._store,
+            keys,
+            token,
+            identity=begun.identity,
+            taken_over=begun.outcome == "taken_over",
+            clock=self.clock,
+            on_closed=self._claims.discard,
+        )
         self._claims.add(claim)
         return claim
 
@@ -177,65 +121,72 @@ class Dedupe:
         generate: Callable[[], AsyncIterator[pb.GenerateResponse]],
         *,
         stream: bool = True,
-        resumable: bool = False,
+        request: pb.GenerateRequest | None = None,
+        identity: Identity = NO_IDENTITY,
     ) -> AsyncIterator[pb.GenerateResponse]:
         """Everything a relay needs: yields the messages for this request, generating at most once.
 
         `generate()` starts the real relay; it is called when this request claims the key, when
         Redis is unavailable (fail open), or as a last resort after max_attempts lost owners. A
-        joiner whose owner is lost starts over; once it has delivered text, only a `resumable`
-        (deterministic) request may, skipping what was delivered; otherwise errors.Unavailable.
-        `stream=False` yields a single message even when joining a streaming owner.
+        joiner whose owner is lost starts over; once it has delivered text, only when `request` is
+        deterministic and what was delivered reproducible (ResumeCursor.may_resume), skipping what
+        was delivered; otherwise errors.Unavailable. `stream=False` yields a single message even
+        when joining a streaming owner. The first message carries the first request's id and
+        created when they differ from `identity` (this request's), so every duplicate answers as
+        the original did.
         """
-        delivered = 0  # characters yielded to the caller
+        cursor = ResumeCursor()
+        first = True
         attempt = 0
         while True:
             attempt += 1
             source: AsyncIterator[pb.GenerateResponse]
+            answer_as = identity
             if attempt > self.config.max_attempts:
                 # Owners keep dying under us: serve without dedupe rather than fail the request.
                 self._count("bypassed")
                 source = generate()
             else:
-                outcome = await self.begin(key, fingerprint)
+                outcome = await self.begin(key, fingerprint, identity)
+                answer_as = outcome.identity
                 if isinstance(outcome, Claim):
                     source = outcome.relay(generate())
                 elif isinstance(outcome, Bypass):
                     source = generate()
                 else:
                     source = outcome.messages()
-            skip = delivered
+            cursor.restart()
             collected: list[pb.GenerateResponse] = []
             try:
-                async with _closing(source):
+                async with closing(source):
                     async for msg in source:
                         if not stream:
                             collected.append(msg)
                             continue
-                        if skip:
-                            kept, skip = skip_delivered(msg, skip)
-                            if kept is None:
-                                continue
-                            msg = kept
-                        delivered += text_length(msg)
-                        yield msg
+                        kept = cursor.admit(msg)
+                        if kept is None:
+                            continue
+                        if first:
+                            first = False
+                            _answer_as(kept, answer_as, identity)
+                        yield kept
                 if not stream:
-                    yield collapse(collected)
+                    out = collapse(collected)
+                    _answer_as(out, answer_as, identity)
+                    yield out
                 return
             except OwnerLost:
                 if attempt > self.config.max_attempts:
                     raise
-                if delivered and not resumable:
+                if cursor.delivered and (request is None or not cursor.may_resume(request)):
                     raise errors.Unavailable(
                         "The generation this request joined was lost mid-stream.", retry_after_s=1.0
                     ) from None
-                log.info("dedupe owner lost, starting over", extra={"delivered_chars": delivered})
+                log.info("dedupe owner lost, starting over", extra={"delivered_chars": cursor.delivered})
 
     async def start(self) -> None:
         """Probe Redis now and every probe_every_s (redis_up stays current; the breaker recovers)."""
-        await self._probe()
-        if self.config.probe_every_s > 0 and self._prober is None:
-            self._prober = asyncio.create_task(self._probe_loop(), name="dedupe-probe")
+        await self._store.redis.start()
 
     async def close(self) -> None:
         """Stop background work and close connections. Live claims are not released: their leases
@@ -243,54 +194,14 @@ class Dedupe:
         if self._closed:
             return
         self._closed = True
-        if self._prober is not None:
-            self._prober.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._prober
-            self._prober = None
         for claim in list(self._claims):
-            claim._halt()
+            claim.halt()
         self._claims.clear()
-        await self._client.aclose()
-        await self._blocking.aclose()
+        await self._store.redis.close()
 
-    async def _probe_loop(self) -> None:
-        while True:
-            await self.clock.sleep(self.config.probe_every_s)
-            await self._probe()
-
-    async def _probe(self) -> None:
-        if not self.breaker.admits():
-            return
-        with contextlib.suppress(_RedisDown):
-            await self._call(self._client.ping)
-
-    async def _call(self, op: Callable[[], Awaitable[T]]) -> T:
-        """One Redis call through the breaker; _RedisDown when it fails or is refused."""
-        try:
-            with self.breaker.calling():
-                result = await op()
-        except errors.Unavailable as exc:  # the breaker refused without calling
-            raise _RedisDown(str(exc)) from exc
-        except Exception as exc:
-            if not _is_redis_failure(exc):
-                raise
-            self._metrics.redis_up.labels(REDIS_CLIENT).set(0)
-            log.debug("redis call failed", extra={"error": repr(exc)})
-            raise _RedisDown(repr(exc)) from exc
-        self._metrics.redis_up.labels(REDIS_CLIENT).set(1)
-        return result
-
-    async def _call_or_lost(self, op: Callable[[], Awaitable[T]]) -> T:
-        # A reader that cannot reach Redis cannot follow the owner: start over (likely as Bypass).
-        try:
-            return await self._call(op)
-        except _RedisDown as exc:
-            raise OwnerLost("Redis became unavailable while following a deduplicated request.") from exc
-
-    def _bypass(self, reason: str) -> Bypass:
+    def _bypass(self, reason: str, identity: Identity) -> Bypass:
         self._count("bypassed")
-        return Bypass(reason)
+        return Bypass(reason, identity)
 
     def _count(self, outcome: str) -> None:
         metric = self._outcomes.get(outcome)
@@ -298,3 +209,8 @@ class Dedupe:
             metric.inc()
         trace.get_current_span().add_event("dedupe", {"aftershock.dedupe.outcome": outcome})
 
+
+def _answer_as(msg: pb.GenerateResponse, original: Identity, own: Identity) -> None:
+    if original.completion_id and original != own:
+        msg.completion_id = original.completion_id
+        msg.created = original.created

@@ -1,0 +1,122 @@
+"""One try on one inference replica: traced, counted, and bounded by the per-try and idle timeouts.
+
+Also what a failed try means: whether it counts against the replica's breaker, its gRPC code, and
+the domain error the caller sees when it is not retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+
+from aftershock import errors
+from aftershock.backend.replicas import Replica
+from aftershock.backend.retry import RetryConfig
+from aftershock.metrics import BackendMetrics
+from aftershock.rpc.status import error_from_rpc
+from aftershock.rpc.tracing import end_span, start_client_span
+from aftershock.v1 import generation_pb2 as pb
+
+INFERENCE_GENERATE = "/aftershock.v1.Inference/Generate"
+
+
+class TryTimeout(Exception):
+    """A try produced no first message within the per-try timeout, or stalled mid-stream."""
+
+    def __init__(
+        self, message: str = "The replica did not start answering within the per-try timeout."
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+# Failures that say something about the replica. A DEADLINE_EXCEEDED from the call itself is the
+# caller's overall deadline (not the replica's fault); a per-try timeout is.
+REPLICA_FAILURES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DATA_LOSS,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
+
+
+def is_replica_failure(exc: BaseException) -> bool:
+    """What a replica's breaker counts: system failures only, never a bad request or a cancel."""
+    if isinstance(exc, TryTimeout):
+        return True
+    return isinstance(exc, grpc.aio.AioRpcError) and exc.code() in REPLICA_FAILURES
+
+
+def code_of(exc: BaseException) -> grpc.StatusCode:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return exc.code()
+    if isinstance(exc, TryTimeout):
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    if isinstance(exc, errors.AftershockError):
+        return exc.code
+    return grpc.StatusCode.UNKNOWN
+
+
+def final_error(exc: BaseException) -> errors.AftershockError:
+    """The error the caller sees for a failed try that is not retried."""
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return error_from_rpc(exc)
+    if isinstance(exc, TryTimeout):
+        return errors.DeadlineExceeded(exc.message)
+    assert isinstance(exc, errors.AftershockError)
+    return exc
+
+
+async def attempt(
+    replica: Replica,
+    request: pb.GenerateRequest,
+    remaining: float | None,
+    retry: RetryConfig,
+    metrics: BackendMetrics,
+) -> AsyncIterator[pb.GenerateResponse]:
+    """One try on one replica, traced as a CLIENT span and counted by outcome."""
+    span, metadata = start_client_span(INFERENCE_GENERATE, replica.address)
+    span.set_attribute("aftershock.replica", replica.name)
+    call = replica.stub.Generate(request, timeout=remaining, metadata=metadata)
+    replica.in_flight += 1
+    code = "OK"
+    first_within = retry.per_try_timeout_s if remaining is None else min(retry.per_try_timeout_s, remaining)
+    try:
+        messages = call.__aiter__()
+        try:
+            async with asyncio.timeout(first_within):
+                first = await messages.__anext__()
+        except TimeoutError:
+            raise TryTimeout() from None
+        yield first
+        idle = retry.stream_idle_timeout_s
+        while True:
+            try:
+                async with asyncio.timeout(idle):
+                    msg = await messages.__anext__()
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                raise TryTimeout(f"The replica stalled mid-stream: no message for {idle:g} s.") from None
+            yield msg
+    except grpc.aio.AioRpcError as exc:
+        code = exc.code().name
+        if exc.code() == grpc.StatusCode.UNAVAILABLE:
+            replica.mark_unhealthy()
+        raise
+    except TryTimeout:
+        code = "DEADLINE_EXCEEDED"
+        raise
+    except BaseException:
+        code = "CANCELLED"
+        raise
+    finally:
+        replica.in_flight -= 1
+        call.cancel()
+        metrics.upstream_requests_total.labels(replica.name, code).inc()
+        end_span(span, code)

@@ -1,0 +1,67 @@
+"""The guarded Redis against a real redis-server: calls through the breaker, up/down reporting, and
+a probe that closes the breaker as soon as Redis is back."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from aftershock.breaker import CLOSED, OPEN, BreakerConfig
+from aftershock.redis_guard import GuardedRedis, RedisDown, RedisGuardConfig
+
+from tests.servers import RedisServer
+
+
+@pytest.fixture
+async def guard(redis_url: str) -> AsyncIterator[tuple[GuardedRedis, list[bool]]]:
+    ups: list[bool] = []
+    config = RedisGuardConfig(
+        redis_url,
+        socket_timeout_s=0.2,
+        socket_connect_timeout_s=0.2,
+        breaker=BreakerConfig(fail_max=2, reset_timeout_s=30.0),
+        probe_every_s=0,
+    )
+    g = GuardedRedis(config, name="test", on_up=ups.append)
+    yield g, ups
+    await g.close()
+
+
+async def test_calls_report_up_and_a_dead_redis_opens_the_breaker(
+    guard: tuple[GuardedRedis, list[bool]], redis_server: RedisServer
+) -> None:
+    g, ups = guard
+    assert await g.call(g.client.ping) is True
+    assert ups == [True]
+    redis_server.stop()
+    try:
+        for _ in range(2):  # fail_max failures, each a real call that failed
+            with pytest.raises(RedisDown) as info:
+                await g.call(g.client.ping)
+            assert not info.value.refused
+        assert g.breaker.state == OPEN and ups[-1] is False
+        started = time.perf_counter()
+        with pytest.raises(RedisDown) as info:
+            await g.call(g.client.ping)
+        assert info.value.refused  # refused without touching Redis
+        assert time.perf_counter() - started < 0.05
+    finally:
+        redis_server.start()
+    # The probe finds Redis back and closes the breaker long before its 30 s reset timeout.
+    await g.probe()
+    assert g.breaker.state == CLOSED and ups[-1] is True
+    assert await g.call(g.client.ping) is True
+
+
+async def test_a_bug_in_the_operation_is_not_a_redis_failure(guard: tuple[GuardedRedis, list[bool]]) -> None:
+    g, ups = guard
+
+    async def broken() -> None:
+        raise ValueError("our bug")
+
+    for _ in range(3):
+        with pytest.raises(ValueError):
+            await g.call(broken)
+    assert g.breaker.state == CLOSED  # never counted against Redis
+    assert ups == []

@@ -20,7 +20,14 @@ from aftershock.inference.engine import EngineOutput, EngineRequest, FinishReaso
 
 log = logging.getLogger(__name__)
 
-_FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length", "abort": "abort", "eos": "stop"}
+_FINISH: dict[str, FinishReason] = {
+    "stop": "stop",
+    "length": "length",
+    "abort": "abort",
+    "eos": "stop",
+    "error": "error",
+    "repetition": "repetition",
+}
 
 
 def error_for_status(status: int, body: bytes) -> errors.AftershockError:
@@ -99,7 +106,11 @@ class OpenAIEngine:
         default_max_model_len: int = 8192,
         default_max_output_tokens: int = 4096,
         timeout_s: float = 600.0,
+        reproducible: bool = False,
     ) -> None:
+        # Only the operator knows whether the upstream server is batch invariant (vLLM with
+        # VLLM_BATCH_INVARIANT=1): off unless configured.
+        self.reproducible = reproducible
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.AsyncClient(
             base_url=base_url.rstrip("/") + "/",
@@ -120,6 +131,7 @@ class OpenAIEngine:
             default_max_model_len=settings.openai_max_model_len,
             default_max_output_tokens=settings.openai_max_output_tokens,
             timeout_s=settings.openai_timeout_s,
+            reproducible=settings.openai_reproducible,
         )
 
     async def start(self) -> None:

@@ -39,6 +39,9 @@ class InferenceSettings(BaseSettings):
     openai_max_model_len: int = 8192
     openai_max_output_tokens: int = 4096
     openai_timeout_s: float = 600.0
+    # Declare the upstream server's output reproducible for seeded/greedy requests (only when it is,
+    # e.g. vLLM with VLLM_BATCH_INVARIANT=1): mid-stream failover relies on it.
+    openai_reproducible: bool = False
 
     shutdown_grace_s: float = Field(30.0, ge=0)
     log_level: str = "INFO"

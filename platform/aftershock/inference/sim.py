@@ -267,6 +267,8 @@ def split_at_stop(pending: str, stops: tuple[str, ...]) -> tuple[str, str, bool]
 
 class SimEngine:
     kind = "sim"
+    # Tokens are a function of (model, prompt, seed): every replica yields the same stream.
+    reproducible = True
 
     def __init__(
         self,

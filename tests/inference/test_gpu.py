@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aftershock.gpu import _nvml, start_gpu_sampler
+from aftershock.inference.gpu import _nvml, start_gpu_sampler
 from aftershock.metrics import new_registry
 from prometheus_client import generate_latest
 

@@ -165,6 +165,11 @@ class FakeAsyncLLM:
         assert sampling_params.output_kind is RequestOutputKind.DELTA
         if self.dead:
             raise EngineDeadError()
+        # vLLM also takes a text prompt (deprecated in 0.33) and tokenizes it itself.
+        if isinstance(prompt, dict):
+            prompt_ids = list(prompt["prompt_token_ids"])
+        else:
+            prompt_ids = self.tokenizer.encode(prompt)
         limit = sampling_params.max_tokens
         pieces = self.pieces
         try:
@@ -184,7 +189,7 @@ class FakeAsyncLLM:
                 yield RequestOutput(
                     request_id,
                     None,
-                    list(prompt["prompt_token_ids"]),
+                    prompt_ids,
                     None,
                     [CompletionOutput(0, text, [100 + i], None, None, finish_reason=finish)],
                     finish is not None,

@@ -153,13 +153,21 @@ async def run(settings: InferenceSettings) -> None:
         await service.stop(0)
         return
     loading.result()  # a model that cannot load ends the process (non-zero) for a restart
+    code = await supervise(service, stopping)
+    if code:
+        raise SystemExit(code)
+
+
+async def supervise(service: InferenceService, stopping: asyncio.Future[Any]) -> int:
+    """Serve until SIGTERM (drain; 0) or until the engine dies (NOT_SERVING; ENGINE_DEAD_EXIT)."""
     died = asyncio.ensure_future(service.engine_died())
     await _first(stopping, died)
     if died.done():
         await service.mark_dead()
         log.error("inference engine dead; exiting for a restart", extra={"exit_code": ENGINE_DEAD_EXIT})
         await service.stop(0)
-        raise SystemExit(ENGINE_DEAD_EXIT)
+        return ENGINE_DEAD_EXIT
     died.cancel()
-    log.info("inference draining", extra={"grace_s": settings.shutdown_grace_s})
+    log.info("inference draining", extra={"grace_s": service.settings.shutdown_grace_s})
     await service.stop()
+    return 0

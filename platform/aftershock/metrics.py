@@ -293,9 +293,10 @@ ENGINE_STATES = ("loading", "ready", "dead")
 class EngineStateMetrics:
     """Where the inference replica's engine is: loading (metrics and health up, model not yet),
     ready, or dead (about to exit for a restart). One series per state, the current one at 1, so
-    alerts tell a slow load from a replica that is down."""
+    alerts tell a slow load from a replica that is down. `replica` is the replica's name, as the
+    backend's registry (and so aftershock_replica_healthy) names it."""
 
-    def __init__(self, registry: CollectorRegistry, replica: str) -> None:
+    def __init__(self, registry: CollectorRegistry, replica: str = "") -> None:
         self.engine_state = Gauge(
             "aftershock_engine_state",
             "1 for the engine's current state (loading, ready, dead), 0 for the others.",

@@ -25,6 +25,7 @@ from tests.inproc import (
     inference_stub,
     start_backend,
     start_inference,
+    wait_until,
     write_registry,
 )
 
@@ -103,7 +104,7 @@ async def test_a_dead_engine_turns_the_replica_not_serving_and_exits() -> None:
     watcher = asyncio.create_task(watch())
     stop: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
     supervisor = asyncio.create_task(supervise(service, stop))
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: seen == [SERVING], what="the health watch started")
     fake.dead = True  # the engine core dies while idle
     assert await asyncio.wait_for(supervisor, 5) == ENGINE_DEAD_EXIT
     await asyncio.wait_for(asyncio.gather(watcher, return_exceptions=True), 5)

@@ -44,5 +44,6 @@ echo "== vllm contract lane ($("$py" -c 'import vllm; print("vllm", vllm.__versi
 export PYTHONDONTWRITEBYTECODE=1
 # The contract tests, and the engine's own tests, whose double is now made of vLLM's real types.
 PYTHONPATH="$PWD/platform:$PWD" exec "$py" -m pytest -p no:cacheprovider -q \
-  tests/inference/test_vllm_contract.py tests/inference/test_vllm_engine.py tests/inference/test_vllm_pin.py \
+  tests/inference/test_vllm_contract.py tests/inference/test_vllm_engine.py tests/inference/test_vllm_errors.py \
+  tests/inference/test_vllm_pin.py tests/inference/test_servicer_vllm.py tests/inference/test_replica_lifecycle.py \
   -o addopts="-ra --strict-markers" "$@"

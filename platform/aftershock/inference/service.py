@@ -152,7 +152,10 @@ async def run(settings: InferenceSettings) -> None:
         await asyncio.gather(loading, return_exceptions=True)
         await service.stop(0)
         return
-    loading.result()  # a model that cannot load ends the process (non-zero) for a restart
+    if loading.exception() is not None:  # a model that cannot load ends the process for a restart
+        log.error("inference engine failed to load", extra={"error": type(loading.exception()).__name__})
+        await service.stop(0)
+        loading.result()
     code = await supervise(service, stopping)
     if code:
         raise SystemExit(code)

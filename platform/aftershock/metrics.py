@@ -256,6 +256,12 @@ class GpuMetrics:
         self.memory_total_bytes = Gauge(
             "aftershock_gpu_memory_total_bytes", "GPU memory in all.", ["gpu"], registry=registry
         )
+        self.nvml_errors_total = Counter(
+            "aftershock_gpu_nvml_errors",
+            "NVML calls that failed (the reading is skipped, the replica keeps serving), by call.",
+            ["call"],
+            registry=registry,
+        )
 
 
 # Toxiproxy 2.12's labels on its byte counters (collectors/proxy.go), in its order.
@@ -303,3 +309,26 @@ class FaultProxyMetrics:
             TOXIPROXY_LINK_LABELS,
             registry=registry,
         )
+
+
+ENGINE_STATES = ("loading", "ready", "dead")
+
+
+class EngineStateMetrics:
+    """Where the inference replica's engine is: loading (metrics and health up, model not yet),
+    ready, or dead (about to exit for a restart). One series per state, the current one at 1, so
+    alerts tell a slow load from a replica that is down. `replica` is the replica's name, as the
+    backend's registry (and so aftershock_replica_healthy) names it."""
+
+    def __init__(self, registry: CollectorRegistry, replica: str = "") -> None:
+        self.engine_state = Gauge(
+            "aftershock_engine_state",
+            "1 for the engine's current state (loading, ready, dead), 0 for the others.",
+            ["replica", "state"],
+            registry=registry,
+        )
+        self._replica = replica
+
+    def set(self, state: str) -> None:
+        for name in ENGINE_STATES:
+            self.engine_state.labels(self._replica, name).set(1 if name == state else 0)

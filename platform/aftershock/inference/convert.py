@@ -9,6 +9,9 @@ FINISH_TO_PB = {
     "stop": pb.FINISH_REASON_STOP,
     "length": pb.FINISH_REASON_LENGTH,
     "abort": pb.FINISH_REASON_ABORT,
+    # The backend retries ERROR like UNAVAILABLE; REPETITION ends the completion as it is.
+    "error": pb.FINISH_REASON_ERROR,
+    "repetition": pb.FINISH_REASON_REPETITION,
 }
 
 
@@ -34,11 +37,14 @@ def engine_request(req: pb.GenerateRequest, deadline: float | None) -> EngineReq
     )
 
 
-def response(out: EngineOutput, tokens: list[str] | None = None) -> pb.GenerateResponse:
+def response(
+    out: EngineOutput, tokens: list[str] | None = None, *, reproducible: bool = False
+) -> pb.GenerateResponse:
     msg = pb.GenerateResponse(
         tokens=out.tokens if tokens is None else tokens,
         prompt_tokens=out.prompt_tokens,
         completion_tokens=out.completion_tokens,
+        reproducible=reproducible,
     )
     if out.finish_reason is not None:
         msg.finish_reason = FINISH_TO_PB[out.finish_reason]
@@ -48,8 +54,9 @@ def response(out: EngineOutput, tokens: list[str] | None = None) -> pb.GenerateR
     return msg
 
 
-def model_info(spec: ModelSpec) -> pb.ModelInfo:
+def model_info(spec: ModelSpec, reproducible: bool = False) -> pb.ModelInfo:
     return pb.ModelInfo(
+        reproducible=reproducible,
         name=spec.name,
         max_model_len=spec.max_model_len,
         max_output_tokens=spec.max_output_tokens,

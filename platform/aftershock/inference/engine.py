@@ -7,11 +7,14 @@ iterator early (client gone, deadline passed) aborts the request inside the engi
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
-FinishReason = Literal["stop", "length", "abort"]
+# vLLM's finish reasons: "error" is a request-level engine failure worth retrying elsewhere,
+# "repetition" a detected repetitive pattern that ends the completion cleanly.
+FinishReason = Literal["stop", "length", "abort", "error", "repetition"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +75,8 @@ class EngineStats:
 
 class Engine(Protocol):
     kind: str
-    # Whether a deterministic (seeded or greedy) request yields the same text on every replica of
-    # this engine; the backend resumes a broken stream on another replica only when it does.
+    # Whether a seeded or greedy request always yields the same text on any replica of this engine
+    # (mid-stream failover resumes only then). Known once start() has returned.
     reproducible: bool
 
     async def start(self) -> None: ...
@@ -83,6 +86,14 @@ class Engine(Protocol):
     def models(self) -> Sequence[ModelSpec]: ...
 
     def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]: ...
+
+
+@runtime_checkable
+class MortalEngine(Protocol):
+    """An engine that can die under the service (vLLM's engine core): `dead` is set when it has, and
+    the service then reports NOT_SERVING and exits so its supervisor restarts it."""
+
+    dead: asyncio.Event
 
 
 def render_chat(messages: Sequence[ChatTurn]) -> str:

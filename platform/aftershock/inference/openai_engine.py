@@ -29,7 +29,14 @@ __all__ = ["OpenAIEngine", "error_for_status", "retry_after_of", "stream_error_s
 
 log = logging.getLogger(__name__)
 
-_FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length", "abort": "abort", "eos": "stop"}
+_FINISH: dict[str, FinishReason] = {
+    "stop": "stop",
+    "length": "length",
+    "abort": "abort",
+    "eos": "stop",
+    "error": "error",
+    "repetition": "repetition",
+}
 
 
 class OpenAIEngine:
@@ -46,7 +53,11 @@ class OpenAIEngine:
         default_max_output_tokens: int = 4096,
         timeout_s: float = 600.0,
         stream_idle_timeout_s: float = 8.0,
+        reproducible: bool = False,
     ) -> None:
+        # Only the operator knows whether the upstream server is batch invariant (vLLM with
+        # VLLM_BATCH_INVARIANT=1): off unless configured.
+        self.reproducible = reproducible
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.AsyncClient(
             base_url=base_url.rstrip("/") + "/",
@@ -69,6 +80,7 @@ class OpenAIEngine:
             default_max_output_tokens=settings.openai_max_output_tokens,
             timeout_s=settings.openai_timeout_s,
             stream_idle_timeout_s=settings.openai_stream_idle_timeout_s,
+            reproducible=settings.openai_reproducible,
         )
 
     async def start(self) -> None:

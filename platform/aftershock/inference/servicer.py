@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -31,9 +31,11 @@ _tracer = trace.get_tracer("aftershock.inference")
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
-    def __init__(self, engine: Engine, replica: str = "") -> None:
+    def __init__(self, engine: Engine, replica: str = "", ready: Callable[[], bool] = lambda: True) -> None:
         self._engine = engine
         self._replica = replica
+        # False while the model loads (health says NOT_SERVING; a caller that ignores it gets 503).
+        self._ready = ready
 
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -41,6 +43,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         request_id_var.set(request.request_id)
         if not request.model:
             raise errors.InvalidArgument("model is required.", param="model")
+        if not self._ready():
+            raise errors.Unavailable("This replica is not ready (loading its model).", retry_after_s=5.0)
         span = trace.get_current_span()
         arrival_ns = time.time_ns()
         if span.is_recording():
@@ -55,6 +59,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                 }
             )
         outputs = self._engine.generate(convert.engine_request(request, deadline_of(context)))
+        # Every message says whether a resume elsewhere would reproduce this stream.
+        reproducible = self._engine.reproducible
         if not request.stream:
             # One message per hop for a non-streamed request: the whole completion at once.
             tokens: list[str] = []
@@ -62,14 +68,14 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                 tokens.extend(out.tokens)
                 if out.finish_reason is not None:
                     _record(span, out, arrival_ns)
-                    yield self._response(out, tokens)
+                    yield convert.response(out, tokens, reproducible=reproducible)
             return
         interval = request.stream_interval
         if interval <= 1:
             async for out in outputs:
                 if out.finish_reason is not None:
                     _record(span, out, arrival_ns)
-                yield self._response(out)
+                yield convert.response(out, reproducible=reproducible)
             return
         # Batch to at least `interval` tokens per message, but never hold back the first token.
         pending: list[str] = []
@@ -79,21 +85,17 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             if first or len(pending) >= interval or out.finish_reason is not None:
                 if out.finish_reason is not None:
                     _record(span, out, arrival_ns)
-                yield self._response(out, pending)
+                yield convert.response(out, pending, reproducible=reproducible)
                 pending = []
                 first = False
-
-    def _response(self, out: EngineOutput, tokens: list[str] | None = None) -> pb.GenerateResponse:
-        msg = convert.response(out, tokens)
-        msg.reproducible = self._engine.reproducible
-        return msg
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListModelsResponse:
-        models = [convert.model_info(m) for m in self._engine.models()]
-        for info in models:
-            info.reproducible = self._engine.reproducible
+        if not self._ready():
+            return pb.ListModelsResponse()
+        reproducible = self._engine.reproducible
+        models = [convert.model_info(m, reproducible) for m in self._engine.models()]
         return pb.ListModelsResponse(models=models)
 
 

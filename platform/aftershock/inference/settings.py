@@ -43,6 +43,9 @@ class InferenceSettings(BaseSettings):
     # resumable elsewhere when seeded); kept under the backend's stream idle timeout (10 s) so the
     # error says what happened.
     openai_stream_idle_timeout_s: float = Field(8.0, gt=0)
+    # Declare the upstream server's output reproducible for seeded/greedy requests (only when it is,
+    # e.g. vLLM with VLLM_BATCH_INVARIANT=1): mid-stream failover relies on it.
+    openai_reproducible: bool = False
 
     shutdown_grace_s: float = Field(30.0, ge=0)
     log_level: str = "INFO"

@@ -267,7 +267,7 @@ def split_at_stop(pending: str, stops: tuple[str, ...]) -> tuple[str, str, bool]
 
 class SimEngine:
     kind = "sim"
-    # Seeded or greedy requests give the same text on every replica: mid-stream resume may rely on it.
+    # Tokens are a function of (model, prompt, seed): every replica yields the same stream.
     reproducible = True
 
     def __init__(

@@ -1,10 +1,16 @@
 """vLLM's AsyncLLM in-process, behind the Engine protocol (the `vllm` extra, GPU nodes).
 
-vLLM is imported only when this engine starts, so the package installs and runs without it.
-Outputs use RequestOutputKind.DELTA: each RequestOutput carries only what is new, which is what
-our "every ready token in one message" contract wants. Closing the iterator aborts the request in
-the engine (vLLM's generate() aborts on GeneratorExit too; we also call abort() explicitly so a
-cancelled consumer never leaves work behind).
+vLLM is imported only when this engine starts (vllm_api.real_api), so the package installs and runs
+without it. What it does the way `vllm serve` does, checked against vLLM 0.33's source:
+- prompts are tokenized here and reach the engine as a tokens prompt: a text prompt with the
+  tokenizer's special tokens, chat messages through the tokenizer's chat template and then without
+  them (the template already holds its BOS token, so none is added twice);
+- a request without max_tokens may use the model's remaining context (SamplingParams would stop it
+  at 16 tokens), capped by the model's generation_config default where it sets one;
+- the model's generation_config defaults (temperature, top_p, ...) fill what the request leaves out;
+- outputs use RequestOutputKind.DELTA: each RequestOutput holds only what is new.
+Each request goes to vLLM under an id of our own: vLLM's abort(id) by external id cancels every
+request sharing it, and clients' x-request-ids can collide.
 """
 
 from __future__ import annotations
@@ -12,8 +18,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from typing import Any, Protocol
+import uuid
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Any
 
 from opentelemetry import propagate
 from prometheus_client import CollectorRegistry
@@ -22,45 +29,10 @@ from prometheus_client.registry import REGISTRY, Collector
 
 from aftershock import errors
 from aftershock.inference.engine import EngineOutput, EngineRequest, FinishReason, ModelSpec
+from aftershock.inference.vllm_api import AsyncLLMLike, TokenizerLike, VllmApi, real_api
+from aftershock.inference.vllm_errors import map_error
 
 log = logging.getLogger(__name__)
-
-
-class AsyncLLMLike(Protocol):
-    """The part of vllm.AsyncLLM (alias AsyncLLMEngine) this adapter relies on."""
-
-    model_config: Any
-
-    def generate(
-        self,
-        prompt: Any,
-        sampling_params: Any,
-        request_id: str,
-        *,
-        trace_headers: Mapping[str, str] | None = None,
-    ) -> AsyncIterator[Any]: ...
-
-    async def abort(self, request_id: str | Iterable[str]) -> None: ...
-
-    async def get_tokenizer(self) -> Any: ...
-
-    def shutdown(self) -> None: ...
-
-
-EngineFactory = Callable[[dict[str, Any]], AsyncLLMLike]
-SamplingFactory = Callable[..., Any]
-
-
-def _vllm_factories() -> tuple[EngineFactory, SamplingFactory, Any]:
-    from vllm import AsyncEngineArgs, SamplingParams
-    from vllm.sampling_params import RequestOutputKind
-    from vllm.v1.engine.async_llm import AsyncLLM
-
-    def make_engine(kwargs: dict[str, Any]) -> AsyncLLMLike:
-        engine: AsyncLLMLike = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
-        return engine
-
-    return make_engine, SamplingParams, RequestOutputKind.DELTA
 
 
 class VllmMetricsBridge(Collector):
@@ -73,7 +45,24 @@ class VllmMetricsBridge(Collector):
                 yield metric
 
 
-_FINISH: dict[str | None, FinishReason] = {"stop": "stop", "length": "length", "abort": "abort"}
+# Every finish reason vLLM 0.33 returns (vllm.v1.engine.FINISH_REASON_STRINGS).
+FINISH_REASONS: dict[str | None, FinishReason] = {
+    "stop": "stop",
+    "length": "length",
+    "abort": "abort",
+    "error": "error",
+    "repetition": "repetition",
+}
+# generation_config keys `vllm serve` applies as defaults (ModelConfig.get_diff_sampling_param).
+_DEFAULTED = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+)
 
 
 class VllmEngine:
@@ -86,18 +75,28 @@ class VllmEngine:
         engine_args: dict[str, Any],
         served_model_name: str | None,
         *,
-        factories: tuple[EngineFactory, SamplingFactory, Any] | None = None,
+        api: VllmApi | None = None,
+        watch_interval_s: float = 1.0,
     ) -> None:
         if "model" not in engine_args:
             raise ValueError("vllm_engine_args must name a model")
         self._args = dict(engine_args)
         self._name = served_model_name or str(engine_args["model"])
-        self._factories = factories
+        if served_model_name and "served_model_name" not in self._args:
+            # vLLM labels its vllm:* series with it; the registry and dashboards filter on this name.
+            self._args["served_model_name"] = served_model_name
+        self._api = api
+        self._watch_interval_s = watch_interval_s
         self._engine: AsyncLLMLike | None = None
-        self._tokenizer: Any = None
+        self._tokenizer: TokenizerLike | None = None
         self._max_model_len = 0
-        self._delta: Any = None
-        self._sampling: SamplingFactory | None = None
+        self._defaults: dict[str, Any] = {}
+        self._tracing = False
+        self._watch: asyncio.Task[None] | None = None
+        # Set once the engine core is gone; the service then stops the replica (see service.py).
+        self.dead = asyncio.Event()
+        # Same seed, same text: only with vLLM's batch invariance (VLLM_BATCH_INVARIANT=1, deploy/).
+        self.reproducible = False
 
     @classmethod
     def from_settings(cls, settings: Any, registry: CollectorRegistry) -> VllmEngine:
@@ -105,49 +104,100 @@ class VllmEngine:
         return cls(settings.vllm_engine_args, settings.vllm_served_model_name)
 
     async def start(self) -> None:
-        make_engine, self._sampling, self._delta = self._factories or _vllm_factories()
-        self._engine = make_engine(self._args)
-        self._tokenizer = await self._engine.get_tokenizer()
-        self._max_model_len = int(self._engine.model_config.max_model_len)
-        log.info("vllm engine ready", extra={"model": self._name, "max_model_len": self._max_model_len})
+        api = self._api = self._api or real_api()
+        self.reproducible = api.batch_invariant
+        engine = self._engine = api.make_engine(self._args)
+        self._tokenizer = engine.get_tokenizer()
+        self._max_model_len = int(engine.model_config.max_model_len)
+        diff = engine.model_config.get_diff_sampling_param()
+        self._defaults = {k: diff[k] for k in (*_DEFAULTED, "max_tokens") if diff.get(k) is not None}
+        self._tracing = await engine.is_tracing_enabled()
+        self._watch = asyncio.create_task(self._watch_engine(engine))
+        log.info(
+            "vllm engine ready",
+            extra={
+                "model": self._name,
+                "max_model_len": self._max_model_len,
+                "reproducible": self.reproducible,
+                "defaults": sorted(self._defaults),
+            },
+        )
 
     async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
         if self._engine is not None:
             self._engine.shutdown()
             self._engine = None
 
+    async def _watch_engine(self, engine: AsyncLLMLike) -> None:
+        """An idle engine core can die too (a GPU fault): notice without waiting for a request."""
+        while not self.dead.is_set():
+            if engine.errored:
+                self._died("engine core reported errored")
+                return
+            await asyncio.sleep(self._watch_interval_s)
+
+    def _died(self, why: str) -> None:
+        if not self.dead.is_set():
+            log.error("vllm engine dead", extra={"reason": why})
+            self.dead.set()
+
     def models(self) -> Sequence[ModelSpec]:
         return [ModelSpec(self._name, self._max_model_len, self._max_model_len, self.kind)]
 
-    def _prompt(self, request: EngineRequest) -> str:
+    def _prompt_ids(self, request: EngineRequest) -> list[int]:
+        tokenizer = self._tokenizer
+        assert tokenizer is not None
         if request.messages is not None:
+            if not getattr(tokenizer, "chat_template", None):
+                raise errors.InvalidArgument(
+                    f"The model '{self._name}' has no chat template; use the completions API.",
+                    param="messages",
+                )
             turns = [{"role": m.role, "content": m.content} for m in request.messages]
-            prompt: str = self._tokenizer.apply_chat_template(
-                turns, tokenize=False, add_generation_prompt=True
-            )
-            return prompt
+            try:
+                text = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+            except Exception as exc:  # the template's own checks (role order, ...) raise from Jinja
+                raise errors.InvalidArgument(
+                    f"The chat template rejected the messages: {exc}", param="messages"
+                ) from None
+            # The template holds the BOS token where the model wants one: add no special tokens.
+            return list(tokenizer.encode(str(text), add_special_tokens=False))
         if request.prompt is None:
             raise errors.InvalidArgument("A prompt or chat messages are required.", param="prompt")
-        return request.prompt
+        return list(tokenizer.encode(request.prompt, add_special_tokens=True))
 
-    def _sampling_params(self, request: EngineRequest) -> Any:
-        assert self._sampling is not None
-        kwargs: dict[str, Any] = {"output_kind": self._delta, "stop": list(request.stop) or None}
-        if request.max_tokens:
-            kwargs["max_tokens"] = request.max_tokens
-        if request.temperature is not None:
-            kwargs["temperature"] = request.temperature
-        if request.top_p is not None:
-            kwargs["top_p"] = request.top_p
-        if request.seed is not None:
-            kwargs["seed"] = request.seed
+    def _sampling_params(self, request: EngineRequest, prompt_len: int) -> Any:
+        api = self._api
+        assert api is not None
+        remaining = self._max_model_len - prompt_len
+        if remaining <= 0:
+            raise errors.InvalidArgument(
+                f"The prompt is {prompt_len} tokens; this model's context is {self._max_model_len}.",
+                param="messages" if request.messages is not None else "prompt",
+            )
+        # As `vllm serve`: the request's max_tokens, else the model's default, never past the context.
+        wanted = request.max_tokens or self._defaults.get("max_tokens") or remaining
+        kwargs: dict[str, Any] = {k: v for k, v in self._defaults.items() if k != "max_tokens"}
+        kwargs.update(output_kind=api.delta, max_tokens=min(int(wanted), remaining))
+        if request.stop:
+            kwargs["stop"] = list(request.stop)
+        for name in ("temperature", "top_p", "seed"):
+            value = getattr(request, name)
+            if value is not None:
+                kwargs[name] = value
         try:
-            return self._sampling(**kwargs)
-        except ValueError as exc:  # vLLM validates sampling parameters eagerly
-            raise errors.InvalidArgument(str(exc)) from None
+            return api.sampling_params(**kwargs)
+        except Exception as exc:  # vLLM validates eagerly (VLLMValidationError, ValueError)
+            mapped = map_error(exc, api.errors)
+            if mapped is None:
+                raise
+            raise mapped from None
 
     def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
-        if self._engine is None:
+        if self._engine is None or self.dead.is_set():
             raise errors.Unavailable("The vLLM engine is not running.", retry_after_s=5.0)
         if request.model != self._name:
             raise errors.ModelNotFound(request.model)
@@ -156,18 +206,26 @@ class VllmEngine:
                 f"max_tokens is {request.max_tokens}, above this model's limit of {self._max_model_len}.",
                 param="max_tokens",
             )
-        return self._stream(self._engine, request, self._prompt(request), self._sampling_params(request))
+        ids = self._prompt_ids(request)
+        params = self._sampling_params(request, len(ids))
+        return self._stream(self._engine, request, {"prompt_token_ids": ids}, params)
 
     async def _stream(
-        self, engine: AsyncLLMLike, request: EngineRequest, prompt: str, params: Any
+        self, engine: AsyncLLMLike, request: EngineRequest, prompt: dict[str, Any], params: Any
     ) -> AsyncIterator[EngineOutput]:
+        api = self._api
+        assert api is not None
         carrier: dict[str, str] = {}
-        propagate.inject(carrier)  # W3C traceparent, so vLLM's own spans join our trace
+        if self._tracing:
+            propagate.inject(carrier)  # W3C traceparent, so vLLM's own spans join our trace
+        # Ours, unique per try: never the client's x-request-id (see the module docstring).
+        engine_id = f"{request.request_id}-{uuid.uuid4().hex[:12]}"
         arrival = time.monotonic()
         first_at = 0.0
+        queue_s = 0.0
         completion = 0
         finished = False
-        outputs = engine.generate(prompt, params, request.request_id, trace_headers=carrier or None)
+        outputs = engine.generate(prompt, params, engine_id, trace_headers=carrier or None)
         pending = outputs.__aiter__()
         # The loop's deadline (monotonic, like request.deadline) around each wait for the engine only,
         # never across our yield: a consumer busy with a slow write must not be cancelled by it.
@@ -187,7 +245,8 @@ class VllmEngine:
                 completion += len(choice.token_ids)
                 if completion and not first_at:
                     first_at = time.monotonic()
-                finish = _FINISH.get(choice.finish_reason) if out.finished else None
+                    queue_s = _queue_seconds(out)
+                finish = FINISH_REASONS.get(choice.finish_reason, "stop") if out.finished else None
                 result = EngineOutput(
                     [choice.text] if choice.text else [],
                     len(out.prompt_token_ids or ()),
@@ -197,6 +256,7 @@ class VllmEngine:
                 if finish is not None:
                     finished = True
                     now = time.monotonic()
+                    result.queue_s = queue_s or _queue_seconds(out)
                     result.ttft_s = (first_at or now) - arrival
                     result.e2e_s = now - arrival
                 yield result
@@ -204,14 +264,27 @@ class VllmEngine:
                     return
         except TimeoutError:
             raise errors.DeadlineExceeded("The request's deadline passed during generation.") from None
-        except ValueError as exc:  # vLLM's request validation errors subclass ValueError
-            raise errors.InvalidArgument(str(exc)) from None
-        except RuntimeError as exc:  # EngineDeadError / EngineGenerateError
-            log.error("vllm engine failed", extra={"error": type(exc).__name__})
-            raise errors.Unavailable("The vLLM engine failed.", retry_after_s=5.0) from None
+        except Exception as exc:
+            mapped = map_error(exc, api.errors)
+            if isinstance(exc, api.errors.engine_dead):
+                self._died(type(exc).__name__)
+            elif mapped is not None:
+                log.warning("vllm request failed", extra={"error": type(exc).__name__})
+            if mapped is None:
+                raise
+            raise mapped from None
         finally:
-            if not finished:
-                await engine.abort(request.request_id)
+            if not finished and not self.dead.is_set():
+                await engine.abort(engine_id)
             aclose = getattr(outputs, "aclose", None)
             if aclose is not None:
                 await aclose()
+
+
+def _queue_seconds(out: Any) -> float:
+    """Scheduled minus queued, from vLLM's per-request stats (engine-core monotonic clock); 0 when
+    the engine keeps no stats (disable_log_stats)."""
+    stats = getattr(out, "metrics", None)
+    queued = float(getattr(stats, "queued_ts", 0.0) or 0.0)
+    scheduled = float(getattr(stats, "scheduled_ts", 0.0) or 0.0)
+    return scheduled - queued if queued and scheduled > queued else 0.0

@@ -65,7 +65,9 @@ async def start_server(
     register: Callable[[grpc.aio.Server], None],
     service_names: Sequence[str],
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    serving: bool = True,
 ) -> RunningServer:
+    """`serving=False` starts with health NOT_SERVING (a replica still loading its model)."""
     server = grpc.aio.server(interceptors=list(interceptors), options=SERVER_OPTIONS)
     register(server)
     health = health_aio.HealthServicer()
@@ -75,7 +77,7 @@ async def start_server(
         raise OSError(f"cannot bind gRPC port {host}:{port}")
     await server.start()
     running = RunningServer(server, health, bound, tuple(service_names))
-    await running.set_serving(True)
+    await running.set_serving(serving)
     return running
 
 

@@ -10,7 +10,7 @@ from aftershock.backend.hedge import FirstMessageTimes, HedgeConfig, first_messa
 
 
 class FakeCall:
-    """A streaming call whose first message comes after `delay_s` (or that fails with `error`)."""
+    """A try whose first message comes after `delay_s` (or that fails with `error`)."""
 
     def __init__(self, name: str, delay_s: float, error: Exception | None = None) -> None:
         self.name = name
@@ -18,16 +18,16 @@ class FakeCall:
         self.error = error
         self.cancelled = False
 
-    def cancel(self) -> bool:
-        self.cancelled = True
-        return True
-
     async def _messages(self) -> AsyncIterator[str]:
-        await asyncio.sleep(self.delay_s)
-        if self.error is not None:
-            raise self.error
-        yield f"{self.name}:1"
-        yield f"{self.name}:2"
+        try:
+            await asyncio.sleep(self.delay_s)
+            if self.error is not None:
+                raise self.error
+            yield f"{self.name}:1"
+            yield f"{self.name}:2"
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self._messages()
@@ -36,12 +36,12 @@ class FakeCall:
 async def test_fast_first_try_never_starts_a_hedge() -> None:
     started: list[FakeCall] = []
 
-    def hedge() -> FakeCall:
+    def hedge() -> AsyncIterator[str]:
         started.append(FakeCall("b", 0.0))
-        return started[-1]
+        return aiter(started[-1])
 
     primary = FakeCall("a", 0.0)
-    won = await first_message(primary, after_s=0.2, start_hedge=hedge)
+    won = await first_message(aiter(primary), after_s=0.2, start_hedge=hedge)
     assert (won.index, won.first, won.hedged) == (0, "a:1", False)
     assert started == [] and not primary.cancelled
     assert [m async for m in won.messages] == ["a:2"]
@@ -49,20 +49,20 @@ async def test_fast_first_try_never_starts_a_hedge() -> None:
 
 async def test_late_first_try_loses_to_the_hedge_and_is_cancelled() -> None:
     primary, second = FakeCall("a", 5.0), FakeCall("b", 0.01)
-    won = await first_message(primary, after_s=0.02, start_hedge=lambda: second)
+    won = await first_message(aiter(primary), after_s=0.02, start_hedge=lambda: aiter(second))
     assert (won.index, won.first, won.hedged) == (1, "b:1", True)
     assert primary.cancelled and not second.cancelled
 
 
 async def test_no_hedge_allowed_waits_for_the_first_try() -> None:
     primary = FakeCall("a", 0.05)
-    won = await first_message(primary, after_s=0.01, start_hedge=lambda: None)
+    won = await first_message(aiter(primary), after_s=0.01, start_hedge=lambda: None)
     assert (won.index, won.hedged) == (0, False)
 
 
 async def test_a_failed_try_leaves_the_other_to_win() -> None:
     primary, second = FakeCall("a", 0.05, error=RuntimeError("replica down")), FakeCall("b", 0.08)
-    won = await first_message(primary, after_s=0.01, start_hedge=lambda: second)
+    won = await first_message(aiter(primary), after_s=0.01, start_hedge=lambda: aiter(second))
     assert won.first == "b:1"
 
 
@@ -70,12 +70,12 @@ async def test_both_failing_raises_the_first_tries_error() -> None:
     primary = FakeCall("a", 0.03, error=RuntimeError("first"))
     second = FakeCall("b", 0.01, error=RuntimeError("second"))
     with pytest.raises(RuntimeError, match="first"):
-        await first_message(primary, after_s=0.01, start_hedge=lambda: second)
+        await first_message(aiter(primary), after_s=0.01, start_hedge=lambda: aiter(second))
 
 
 async def test_cancelling_the_race_cancels_both_calls() -> None:
     primary, second = FakeCall("a", 5.0), FakeCall("b", 5.0)
-    race = asyncio.ensure_future(first_message(primary, after_s=0.01, start_hedge=lambda: second))
+    race = asyncio.ensure_future(first_message(aiter(primary), after_s=0.01, start_hedge=lambda: aiter(second)))
     await asyncio.sleep(0.05)
     race.cancel()
     with pytest.raises(asyncio.CancelledError):

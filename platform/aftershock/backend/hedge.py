@@ -13,10 +13,9 @@ import contextlib
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
-T_co = TypeVar("T_co", covariant=True)
 
 
 @dataclass(frozen=True)
@@ -60,14 +59,6 @@ def threshold(config: HedgeConfig, times: FirstMessageTimes) -> float | None:
     return None if after is None else max(config.min_after_s, after)
 
 
-class Call(Protocol[T_co]):
-    """A started streaming call: grpc.aio's call objects have this shape."""
-
-    def __aiter__(self) -> AsyncIterator[T_co]: ...
-
-    def cancel(self) -> bool: ...
-
-
 @dataclass
 class Winner(Generic[T]):
     index: int  # 0: the first try, 1: the hedge
@@ -76,8 +67,17 @@ class Winner(Generic[T]):
     hedged: bool
 
 
+async def _cancel(tasks: list[asyncio.Future[T]]) -> None:
+    """Cancel the losing reads; the try's generator closes (and cancels its call) as they end."""
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(BaseException):
+            await task
+
+
 async def first_message(
-    primary: Call[T], after_s: float | None, start_hedge: Callable[[], Call[T] | None]
+    primary: AsyncIterator[T], after_s: float | None, start_hedge: Callable[[], AsyncIterator[T] | None]
 ) -> Winner[T]:
     """The first message of whichever try produces one first; the other try is cancelled.
 
@@ -85,34 +85,27 @@ async def first_message(
     hedge may start (no other replica, or the budget says no). A try that fails does not end the
     race while the other can still win; when both fail, the first try's error is raised.
     """
-    calls: list[Call[T]] = [primary]
-    iterators = [primary.__aiter__()]
-    tasks = [asyncio.ensure_future(anext(iterators[0]))]
+    iterators = [primary]
+    tasks: list[asyncio.Future[T]] = [asyncio.ensure_future(anext(primary))]
     try:
         if after_s is not None:
             done, _ = await asyncio.wait(tasks, timeout=after_s)
             if not done:
                 hedge = start_hedge()
                 if hedge is not None:
-                    calls.append(hedge)
-                    iterators.append(hedge.__aiter__())
-                    tasks.append(asyncio.ensure_future(anext(iterators[1])))
+                    iterators.append(hedge)
+                    tasks.append(asyncio.ensure_future(anext(hedge)))
         pending = set(tasks)
         while pending:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             for task in sorted(done, key=tasks.index):
                 if task.exception() is None:
                     index = tasks.index(task)
-                    for other, call in enumerate(calls):
-                        if other != index:
-                            call.cancel()
-                    return Winner(index, task.result(), iterators[index], hedged=len(calls) > 1)
-        raise tasks[0].exception() or RuntimeError("unreachable")  # both failed
+                    await _cancel([t for t in tasks if t is not task])
+                    return Winner(index, task.result(), iterators[index], hedged=len(tasks) > 1)
+        error = tasks[0].exception()
+        assert error is not None
+        raise error
     except BaseException:
-        for call in calls:
-            call.cancel()
-        for task in tasks:
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+        await _cancel([t for t in tasks if not t.done()])
         raise

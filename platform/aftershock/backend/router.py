@@ -13,9 +13,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 from aftershock import errors
+from aftershock.backend.hashring import point
 from aftershock.backend.placement import Candidate, Placement, PlacementConfig, Reason
-from aftershock.backend.registry import ModelRegistry
+from aftershock.backend.prefix import prefix_key
+from aftershock.backend.registry import ModelRegistry, ModelRoute
 from aftershock.backend.replicas import Replica, ReplicaPool
+from aftershock.v1 import generation_pb2 as pb
 
 RouteReason = Reason | Literal["fallback_tier", "fallback_model"]
 ROUTE_REASONS: tuple[RouteReason, ...] = (
@@ -56,13 +59,35 @@ class Router:
         ]
         return [r for r in admitted if r.name not in exclude] or admitted
 
+    def model_route(self, model: str) -> ModelRoute | None:
+        return self._registry.config.route(model)
+
+    def affinity(self, request: pb.GenerateRequest) -> tuple[int | None, bool]:
+        """The request's affinity key and whether it is a session's (else its prompt prefix's)."""
+        if request.session_id:
+            return point(request.session_id.encode()), True
+        config = self.placement.config
+        if config.policy != "prefix":
+            return None, False
+        return prefix_key(request, config.block_chars, config.key_blocks), False
+
+    def has_fallback(self, model: str, skip_models: Collection[str]) -> bool:
+        return any(m not in skip_models for m in self._registry.config.fallback_chain(model))
+
     def route(
-        self, model: str, exclude: Collection[str] = (), key: int | None = None, session: bool = False
+        self,
+        model: str,
+        exclude: Collection[str] = (),
+        key: int | None = None,
+        session: bool = False,
+        skip_models: Collection[str] = (),
     ) -> Route:
         config = self._registry.config
         if config.route(model) is None:
             raise errors.ModelNotFound(model)
         for depth, name in enumerate(config.fallback_chain(model)):
+            if name in skip_models:
+                continue
             route = config.route(name)
             assert route is not None  # the chain holds only routed models
             for tier, names in enumerate(route.tiers):

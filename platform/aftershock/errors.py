@@ -12,6 +12,9 @@ import grpc
 ERROR_TYPE_KEY = "aftershock-error-type"
 ERROR_PARAM_KEY = "aftershock-error-param"
 RETRY_AFTER_KEY = "aftershock-retry-after-ms"
+# OpenAI's error code for a prompt plus max_tokens beyond the model's context; the backend tries the
+# model's fallback chain on it.
+CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
 
 
 class AftershockError(Exception):

@@ -162,6 +162,20 @@ class BackendMetrics(HopMetrics):
             ["model"],
             registry=registry,
         )
+        self.routing_decisions_total = Counter(
+            "aftershock_routing_decisions",
+            "Replica choices by reason: prefix or session affinity, spill (the preferred replica was "
+            "over the load bound), least_loaded (no affinity key), fallback_tier, fallback_model.",
+            ["model", "reason"],
+            registry=registry,
+        )
+        self.hedges_total = Counter(
+            "aftershock_hedges",
+            "Hedged first tokens: started (a second try raced a late first one), won (the hedge "
+            "produced the first token), cancelled (the try that lost was cancelled), refused (budget).",
+            ["model", "outcome"],
+            registry=registry,
+        )
         self.failovers_total = Counter(
             "aftershock_failovers",
             "Streams moved to another replica; phase is before_first_token or mid_stream; outcome is "

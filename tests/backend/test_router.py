@@ -19,6 +19,8 @@ CONFIG = RegistryConfig(
         ModelRoute(name="m", replicas=("a", "b", "c")),
         ModelRoute(name="solo", replicas=("d",)),
         ModelRoute(name="half", replicas=("a", "d")),
+        ModelRoute(name="tiered", replicas=("a", "b"), fallback_replicas=("d",)),
+        ModelRoute(name="chain", replicas=("c",), fallback_models=("tiered", "solo")),
     ),
 )
 
@@ -134,3 +136,76 @@ async def test_replicas_missing_from_the_pool_are_ignored(fx: Fixture) -> None:
     router = fx.router()
     assert [r.name for r in router.replicas_of("half")] == ["a"]
     assert router.pick("half").name == "a"
+
+
+async def test_fallback_tier_only_when_the_primary_pool_cannot_serve(fx: Fixture) -> None:
+    for name in "abd":
+        fx.set(name)
+    fx.set("d", in_flight=0)
+    fx.set("a", in_flight=7)
+    fx.set("b", in_flight=9)
+    router = fx.router()
+    # Busy primaries still win over an idle fallback tier.
+    assert {router.route("tiered").reason for _ in range(4)} <= {"least_loaded"}
+    assert router.route("tiered").replica.name == "a"
+    fx.set("a", healthy=False)
+    fx.trip("b")
+    route = router.route("tiered")
+    assert (route.replica.name, route.model, route.reason) == ("d", "tiered", "fallback_tier")
+
+
+async def test_fallback_models_serve_when_the_model_has_no_replica(fx: Fixture) -> None:
+    for name in "abcd":
+        fx.set(name)
+    router = fx.router()
+    assert router.route("chain").model == "chain"
+    fx.set("c", healthy=False)
+    route = router.route("chain")
+    assert (route.model, route.reason) == ("tiered", "fallback_model")
+    fx.set("a", healthy=False)
+    fx.set("b", healthy=False)
+    # The fallback model's own fallback tier counts before the next model in the chain.
+    assert (router.route("chain").replica.name, router.route("chain").model) == ("d", "tiered")
+    fx.set("d", healthy=False)
+    with pytest.raises(errors.Unavailable):
+        router.route("chain")
+
+
+async def test_a_prefix_key_keeps_its_replica(fx: Fixture) -> None:
+    for name in "abc":
+        fx.set(name)
+    router = fx.router()
+    homes = {router.route("m", key=key).replica.name for key in (11, 11, 11)}
+    assert len(homes) == 1
+    spread = {router.route("m", key=k).replica.name for k in range(0, 2**64, 2**58)}
+    assert spread == {"a", "b", "c"}
+
+
+def test_registry_rejects_unknown_or_self_fallbacks() -> None:
+    replicas = (ReplicaConfig(name="a", address="127.0.0.1:1"),)
+    with pytest.raises(ValueError, match="unknown models"):
+        RegistryConfig(
+            replicas=replicas, models=(ModelRoute(name="m", replicas=("a",), fallback_models=("x",)),)
+        )
+    with pytest.raises(ValueError, match="itself"):
+        RegistryConfig(
+            replicas=replicas, models=(ModelRoute(name="m", replicas=("a",), fallback_models=("m",)),)
+        )
+    with pytest.raises(ValueError, match="unknown replicas"):
+        RegistryConfig(
+            replicas=replicas, models=(ModelRoute(name="m", replicas=("a",), fallback_replicas=("z",)),)
+        )
+
+
+def test_fallback_chain_is_breadth_first_and_cuts_cycles() -> None:
+    replicas = (ReplicaConfig(name="a", address="127.0.0.1:1"),)
+    config = RegistryConfig(
+        replicas=replicas,
+        models=(
+            ModelRoute(name="m", replicas=("a",), fallback_models=("n", "o")),
+            ModelRoute(name="n", replicas=("a",), fallback_models=("m", "p")),
+            ModelRoute(name="o", replicas=("a",)),
+            ModelRoute(name="p", replicas=("a",)),
+        ),
+    )
+    assert config.fallback_chain("m") == ("m", "n", "o", "p")

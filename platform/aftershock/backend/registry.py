@@ -26,11 +26,33 @@ class ReplicaConfig(BaseModel):
     address: str = Field(min_length=1, description="host:port of the inference service")
 
 
+class HedgeRoute(BaseModel):
+    """Hedged first tokens for one model (off unless enabled); see aftershock.backend.hedge."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = False
+    # Fixed seconds before hedging; unset derives it from the model's recent first-token times.
+    after_s: float | None = Field(default=None, gt=0)
+    quantile: float = Field(default=0.95, gt=0, lt=1)
+
+
 class ModelRoute(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = Field(min_length=1)
+    # The primary pool.
     replicas: tuple[str, ...] = Field(min_length=1)
+    # A second tier, used only when no primary replica can serve (all down or breakers open).
+    fallback_replicas: tuple[str, ...] = ()
+    # Other models to serve the request, in order, when this one has no replica that can serve
+    # or the prompt exceeds its context.
+    fallback_models: tuple[str, ...] = ()
+    hedge: HedgeRoute = HedgeRoute()
+
+    @property
+    def tiers(self) -> tuple[tuple[str, ...], ...]:
+        return (self.replicas, self.fallback_replicas) if self.fallback_replicas else (self.replicas,)
 
 
 class RegistryConfig(BaseModel):
@@ -44,17 +66,40 @@ class RegistryConfig(BaseModel):
         names = {r.name for r in self.replicas}
         if len(names) != len(self.replicas):
             raise ValueError("replica names must be unique")
+        models = {m.name for m in self.models}
         for model in self.models:
-            missing = set(model.replicas) - names
+            missing = (set(model.replicas) | set(model.fallback_replicas)) - names
             if missing:
                 raise ValueError(f"model {model.name!r} names unknown replicas {sorted(missing)}")
+            unknown = set(model.fallback_models) - models
+            if unknown:
+                raise ValueError(f"model {model.name!r} falls back to unknown models {sorted(unknown)}")
+            if model.name in model.fallback_models:
+                raise ValueError(f"model {model.name!r} falls back to itself")
         return self
 
-    def replicas_for(self, model: str) -> tuple[str, ...] | None:
+    def route(self, model: str) -> ModelRoute | None:
         for route in self.models:
             if route.name == model:
-                return route.replicas
+                return route
         return None
+
+    def replicas_for(self, model: str) -> tuple[str, ...] | None:
+        route = self.route(model)
+        return None if route is None else route.replicas + route.fallback_replicas
+
+    def fallback_chain(self, model: str) -> tuple[str, ...]:
+        """The model, then its fallbacks breadth-first, each once (a cycle is cut, never followed)."""
+        chain: list[str] = []
+        queue = [model]
+        while queue:
+            name = queue.pop(0)
+            route = self.route(name)
+            if name in chain or route is None:
+                continue
+            chain.append(name)
+            queue.extend(route.fallback_models)
+        return tuple(chain)
 
 
 def load_registry_file(path: Path) -> RegistryConfig:

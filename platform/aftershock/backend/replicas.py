@@ -10,6 +10,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from aftershock.backend.breaker_metrics import BreakerMetrics
+from aftershock.backend.placement import EngineLoad
 from aftershock.backend.registry import RegistryConfig, ReplicaConfig
 from aftershock.breaker import Breaker, BreakerConfig, BreakerListener
 from aftershock.metrics import BackendMetrics
@@ -39,6 +40,8 @@ class Replica:
         self.stub = inference_pb2_grpc.InferenceStub(self.channel)
         self.healthy = False
         self.in_flight = 0
+        # What the engine last reported (running, waiting, KV cache usage); see placement.
+        self.load = EngineLoad()
         self.models: dict[str, pb.ModelInfo] = {}
         self._watch: asyncio.Task[None] | None = None
 

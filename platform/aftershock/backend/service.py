@@ -12,6 +12,8 @@ from prometheus_client import CollectorRegistry
 from aftershock.backend.attempt import is_replica_failure
 from aftershock.backend.breaker_sync import BreakerSync
 from aftershock.backend.dedupe import Dedupe
+from aftershock.backend.load_poll import poll_loads
+from aftershock.backend.placement import Placement
 from aftershock.backend.registry import ModelRegistry
 from aftershock.backend.replicas import ReplicaPool
 from aftershock.backend.router import Router
@@ -38,7 +40,7 @@ class BackendService:
         self.pool = ReplicaPool(
             self.metrics, breaker=settings.breaker_config(), is_failure=is_replica_failure
         )
-        self.router = Router(self.models, self.pool)
+        self.router = Router(self.models, self.pool, Placement(settings.placement_config()))
         self.breaker_sync: BreakerSync | None = None
         if settings.breaker_shared_state and settings.redis_url:
             redis = GuardedRedis(RedisGuardConfig(settings.redis_url), name="breaker_sync")
@@ -49,6 +51,7 @@ class BackendService:
         self._server: RunningServer | None = None
         self._status: StatusInterceptor | None = None
         self._reloader: asyncio.Task[None] | None = None
+        self._load_poller: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
@@ -82,6 +85,9 @@ class BackendService:
             interceptors=(self._status,),
         )
         self._reloader = asyncio.create_task(self._reload_loop(), name="registry-reload")
+        self._load_poller = asyncio.create_task(
+            poll_loads(self.pool, self.settings.load_poll_s), name="replica-load-poll"
+        )
         log.info("backend serving", extra={"port": self._server.port})
 
     async def _reload_loop(self) -> None:
@@ -91,10 +97,11 @@ class BackendService:
                 await self.pool.apply(self.models.config)
 
     async def stop(self, grace_s: float | None = None) -> None:
-        if self._reloader is not None:
-            self._reloader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reloader
+        for task in (self._reloader, self._load_poller):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._server is not None:
             status = self._status
             await self._server.shutdown(

@@ -6,11 +6,13 @@ Each default is defined once, on the config dataclass the setting fills; the fie
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from aftershock.backend.dedupe import DedupeConfig
+from aftershock.backend.placement import PlacementConfig
 from aftershock.backend.registry import ModelRoute, RegistryConfig, ReplicaConfig
 from aftershock.backend.retry import RetryConfig
 from aftershock.breaker import BreakerConfig
@@ -38,6 +40,15 @@ class BackendSettings(BaseSettings):
     registry_file: Path | None = None
     fallback_catalogue: RegistryConfig = DEFAULT_FALLBACK
     registry_reload_s: float = Field(5.0, gt=0)
+
+    # Routing: "prefix" sends requests that share a prompt prefix (or an x-session-id) to the same
+    # replica unless it carries more than load_factor x the mean load; "least_loaded" ignores prefixes.
+    routing_policy: Literal["prefix", "least_loaded"] = PlacementConfig.policy
+    routing_block_chars: int = Field(PlacementConfig.block_chars, gt=0)
+    routing_key_blocks: int = Field(PlacementConfig.key_blocks, gt=0)
+    routing_load_factor: float = Field(PlacementConfig.load_factor, ge=1.0)
+    # How often each replica's engine load (running, waiting, KV cache) is polled.
+    load_poll_s: float = Field(0.25, gt=0)
 
     # Load shedding: requests beyond this many in flight get RESOURCE_EXHAUSTED at once.
     max_in_flight: int = Field(1024, gt=0)
@@ -83,6 +94,14 @@ class BackendSettings(BaseSettings):
             budget_ratio=self.retry_budget_ratio,
             budget_min_per_s=self.retry_budget_min_per_s,
             budget_window_s=self.retry_budget_window_s,
+        )
+
+    def placement_config(self) -> PlacementConfig:
+        return PlacementConfig(
+            policy=self.routing_policy,
+            block_chars=self.routing_block_chars,
+            key_blocks=self.routing_key_blocks,
+            load_factor=self.routing_load_factor,
         )
 
     def breaker_config(self) -> BreakerConfig:

@@ -14,6 +14,7 @@ from aftershock import errors
 from aftershock.context import request_id_var
 from aftershock.inference import convert
 from aftershock.inference.engine import Engine, EngineOutput
+from aftershock.inference.load import LoadTracker
 from aftershock.rpc.deadline import deadline_of
 from aftershock.tracing import (
     GEN_AI_FINISH_REASONS,
@@ -25,7 +26,7 @@ from aftershock.tracing import (
     GEN_AI_SYSTEM,
 )
 from aftershock.v1 import generation_pb2 as pb
-from aftershock.v1 import inference_pb2_grpc
+from aftershock.v1 import inference_pb2, inference_pb2_grpc
 
 _tracer = trace.get_tracer("aftershock.inference")
 
@@ -36,6 +37,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         self._replica = replica
         # False while the model loads (health says NOT_SERVING; a caller that ignores it gets 503).
         self._ready = ready
+        self._load = LoadTracker(engine)
 
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -58,7 +60,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                     "aftershock.request_id": request.request_id,
                 }
             )
-        outputs = self._engine.generate(convert.engine_request(request, deadline_of(context)))
+        engine_request = convert.engine_request(request, deadline_of(context))
+        outputs = self._load.track(self._engine.generate(engine_request))
         # Every message says whether a resume elsewhere would reproduce this stream.
         reproducible = self._engine.reproducible
         if not request.stream:
@@ -97,6 +100,14 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         reproducible = self._engine.reproducible
         models = [convert.model_info(m, reproducible) for m in self._engine.models()]
         return pb.ListModelsResponse(models=models)
+
+    async def GetLoad(
+        self, request: inference_pb2.GetLoadRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> inference_pb2.EngineLoad:
+        load = self._load.load()
+        return inference_pb2.EngineLoad(
+            running=load.running, waiting=load.waiting, kv_cache_usage=load.kv_cache_usage
+        )
 
 
 def _record(span: Span, out: EngineOutput, arrival_ns: int) -> None:

@@ -26,6 +26,7 @@ from aftershock.inference.engine import (
     ModelSpec,
     render_chat,
 )
+from aftershock.inference.load import EngineLoad
 from aftershock.inference.sim_config import SimModelConfig
 from aftershock.inference.sim_tokens import TokenStream, count_prompt_tokens
 from aftershock.metrics import EngineMetrics
@@ -138,8 +139,11 @@ class _ModelScheduler:
     def _update_gauges(self) -> None:
         self.g_running.set(len(self.running))
         self.g_waiting.set(len(self.waiting))
+        self.g_kv.set(self.kv_cache_usage())
+
+    def kv_cache_usage(self) -> float:
         used = sum(s.prompt_tokens + s.completion_tokens for s in self.running)
-        self.g_kv.set(min(1.0, used / self.cfg.kv_cache_tokens))
+        return min(1.0, used / self.cfg.kv_cache_tokens)
 
     def _admit(self, now: float) -> None:
         cfg = self.cfg
@@ -303,6 +307,14 @@ class SimEngine:
             ModelSpec(c.name, c.max_model_len, c.max_output_tokens, self.kind) for c in self._configs.values()
         ]
 
+    def load(self) -> EngineLoad:
+        scheds = self._schedulers.values()
+        return EngineLoad(
+            running=sum(len(s.running) for s in scheds),
+            waiting=sum(len(s.waiting) for s in scheds),
+            kv_cache_usage=max((s.kv_cache_usage() for s in scheds), default=0.0),
+        )
+
     def _inject_fault(self, cfg: SimModelConfig) -> float:
         """Maybe raise an injected status-level fault; returns extra time to first token (slow start)."""
         if not (cfg.fault_overloaded_rate or cfg.fault_error_rate or cfg.fault_slow_start_rate):
@@ -352,6 +364,7 @@ class SimEngine:
                 f"the request needs {total} "
                 "(prompt plus max_tokens).",
                 param="max_tokens",
+                error_type=errors.CONTEXT_LENGTH_EXCEEDED,
             )
         return cfg, prompt, max_tokens
 

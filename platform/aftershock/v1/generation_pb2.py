@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x61\x66tershock/v1/generation.proto\x12\raftershock.v1\":\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"<\n\x0c\x43hatMessages\x12,\n\x08messages\x18\x01 \x03(\x0b\x32\x1a.aftershock.v1.ChatMessage\"\x96\x01\n\x0eSamplingParams\x12\x11\n\x04seed\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x12\n\nmax_tokens\x18\x02 \x01(\r\x12\x18\n\x0btemperature\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x04 \x01(\x02H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x05 \x03(\tB\x07\n\x05_seedB\x0e\n\x0c_temperatureB\x08\n\x06_top_p\"\x97\x02\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x06prompt\x18\x03 \x01(\tH\x00\x12+\n\x04\x63hat\x18\x04 \x01(\x0b\x32\x1b.aftershock.v1.ChatMessagesH\x00\x12/\n\x08sampling\x18\x05 \x01(\x0b\x32\x1d.aftershock.v1.SamplingParams\x12\x0e\n\x06stream\x18\x06 \x01(\x08\x12\x17\n\x0fstream_interval\x18\x07 \x01(\r\x12\x17\n\x0fidempotency_key\x18\x08 \x01(\t\x12\x15\n\rcompletion_id\x18\t \x01(\t\x12\x0f\n\x07\x63reated\x18\n \x01(\x03\x42\x07\n\x05input\"J\n\x06Timing\x12\x15\n\rqueue_seconds\x18\x01 \x01(\x01\x12\x14\n\x0cttft_seconds\x18\x02 \x01(\x01\x12\x13\n\x0b\x65\x32\x65_seconds\x18\x03 \x01(\x01\"\x9f\x02\n\x10GenerateResponse\x12\x0e\n\x06tokens\x18\x01 \x03(\t\x12\x15\n\rprompt_tokens\x18\x02 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\r\x12\x32\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x1b.aftershock.v1.FinishReason\x12%\n\x06timing\x18\x05 \x01(\x0b\x32\x15.aftershock.v1.Timing\x12\x0f\n\x07replica\x18\x06 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x07 \x01(\r\x12\x15\n\rcompletion_id\x18\x08 \x01(\t\x12\x0f\n\x07\x63reated\x18\t \x01(\x03\x12\r\n\x05model\x18\n \x01(\t\x12\x14\n\x0creproducible\x18\x0b \x01(\x08\"\xa1\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rmax_model_len\x18\x02 \x01(\r\x12\x19\n\x11max_output_tokens\x18\x03 \x01(\r\x12\x0e\n\x06\x65ngine\x18\x04 \x01(\t\x12\x16\n\x0eready_replicas\x18\x05 \x01(\r\x12\x16\n\x0etotal_replicas\x18\x06 \x01(\r\x12\x14\n\x0creproducible\x18\x07 \x01(\x08\"\x13\n\x11ListModelsRequest\">\n\x12ListModelsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.aftershock.v1.ModelInfo*\xaf\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x04\x12\x1c\n\x18\x46INISH_REASON_REPETITION\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x61\x66tershock/v1/generation.proto\x12\raftershock.v1\":\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"<\n\x0c\x43hatMessages\x12,\n\x08messages\x18\x01 \x03(\x0b\x32\x1a.aftershock.v1.ChatMessage\"\x96\x01\n\x0eSamplingParams\x12\x11\n\x04seed\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x12\n\nmax_tokens\x18\x02 \x01(\r\x12\x18\n\x0btemperature\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x04 \x01(\x02H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x05 \x03(\tB\x07\n\x05_seedB\x0e\n\x0c_temperatureB\x08\n\x06_top_p\"\xab\x02\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x06prompt\x18\x03 \x01(\tH\x00\x12+\n\x04\x63hat\x18\x04 \x01(\x0b\x32\x1b.aftershock.v1.ChatMessagesH\x00\x12/\n\x08sampling\x18\x05 \x01(\x0b\x32\x1d.aftershock.v1.SamplingParams\x12\x0e\n\x06stream\x18\x06 \x01(\x08\x12\x17\n\x0fstream_interval\x18\x07 \x01(\r\x12\x17\n\x0fidempotency_key\x18\x08 \x01(\t\x12\x15\n\rcompletion_id\x18\t \x01(\t\x12\x0f\n\x07\x63reated\x18\n \x01(\x03\x12\x12\n\nsession_id\x18< \x01(\tB\x07\n\x05input\"J\n\x06Timing\x12\x15\n\rqueue_seconds\x18\x01 \x01(\x01\x12\x14\n\x0cttft_seconds\x18\x02 \x01(\x01\x12\x13\n\x0b\x65\x32\x65_seconds\x18\x03 \x01(\x01\"\x9f\x02\n\x10GenerateResponse\x12\x0e\n\x06tokens\x18\x01 \x03(\t\x12\x15\n\rprompt_tokens\x18\x02 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\r\x12\x32\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x1b.aftershock.v1.FinishReason\x12%\n\x06timing\x18\x05 \x01(\x0b\x32\x15.aftershock.v1.Timing\x12\x0f\n\x07replica\x18\x06 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x07 \x01(\r\x12\x15\n\rcompletion_id\x18\x08 \x01(\t\x12\x0f\n\x07\x63reated\x18\t \x01(\x03\x12\r\n\x05model\x18\n \x01(\t\x12\x14\n\x0creproducible\x18\x0b \x01(\x08\"\xa1\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rmax_model_len\x18\x02 \x01(\r\x12\x19\n\x11max_output_tokens\x18\x03 \x01(\r\x12\x0e\n\x06\x65ngine\x18\x04 \x01(\t\x12\x16\n\x0eready_replicas\x18\x05 \x01(\r\x12\x16\n\x0etotal_replicas\x18\x06 \x01(\r\x12\x14\n\x0creproducible\x18\x07 \x01(\x08\"\x13\n\x11ListModelsRequest\">\n\x12ListModelsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.aftershock.v1.ModelInfo*\xaf\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x04\x12\x1c\n\x18\x46INISH_REASON_REPETITION\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'aftershock.v1.generation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=1222
-  _globals['_FINISHREASON']._serialized_end=1397
+  _globals['_FINISHREASON']._serialized_start=1242
+  _globals['_FINISHREASON']._serialized_end=1417
   _globals['_CHATMESSAGE']._serialized_start=49
   _globals['_CHATMESSAGE']._serialized_end=107
   _globals['_CHATMESSAGES']._serialized_start=109
@@ -40,15 +40,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SAMPLINGPARAMS']._serialized_start=172
   _globals['_SAMPLINGPARAMS']._serialized_end=322
   _globals['_GENERATEREQUEST']._serialized_start=325
-  _globals['_GENERATEREQUEST']._serialized_end=604
-  _globals['_TIMING']._serialized_start=606
-  _globals['_TIMING']._serialized_end=680
-  _globals['_GENERATERESPONSE']._serialized_start=683
-  _globals['_GENERATERESPONSE']._serialized_end=970
-  _globals['_MODELINFO']._serialized_start=973
-  _globals['_MODELINFO']._serialized_end=1134
-  _globals['_LISTMODELSREQUEST']._serialized_start=1136
-  _globals['_LISTMODELSREQUEST']._serialized_end=1155
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1157
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1219
+  _globals['_GENERATEREQUEST']._serialized_end=624
+  _globals['_TIMING']._serialized_start=626
+  _globals['_TIMING']._serialized_end=700
+  _globals['_GENERATERESPONSE']._serialized_start=703
+  _globals['_GENERATERESPONSE']._serialized_end=990
+  _globals['_MODELINFO']._serialized_start=993
+  _globals['_MODELINFO']._serialized_end=1154
+  _globals['_LISTMODELSREQUEST']._serialized_start=1156
+  _globals['_LISTMODELSREQUEST']._serialized_end=1175
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1177
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1239
 # @@protoc_insertion_point(module_scope)

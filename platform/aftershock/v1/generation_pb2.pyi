@@ -151,6 +151,7 @@ class GenerateRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     COMPLETION_ID_FIELD_NUMBER: _builtins.int
     CREATED_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     model: _builtins.str
     prompt: _builtins.str
@@ -167,6 +168,10 @@ class GenerateRequest(_message.Message):
     first generation's pair, so a duplicate or a replay answers with the original id and created.
     """
     created: _builtins.int
+    session_id: _builtins.str
+    """Opt-in session affinity (the edge's x-session-id header): a session's requests prefer one
+    replica, whose prefix cache holds the conversation so far.
+    """
     @_builtins.property
     def chat(self) -> Global___ChatMessages: ...
     @_builtins.property
@@ -184,10 +189,11 @@ class GenerateRequest(_message.Message):
         idempotency_key: _builtins.str = ...,
         completion_id: _builtins.str = ...,
         created: _builtins.int = ...,
+        session_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat", "input", b"input", "prompt", b"prompt", "sampling", b"sampling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat", "completion_id", b"completion_id", "created", b"created", "idempotency_key", b"idempotency_key", "input", b"input", "model", b"model", "prompt", b"prompt", "request_id", b"request_id", "sampling", b"sampling", "stream", b"stream", "stream_interval", b"stream_interval"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat", b"chat", "completion_id", b"completion_id", "created", b"created", "idempotency_key", b"idempotency_key", "input", b"input", "model", b"model", "prompt", b"prompt", "request_id", b"request_id", "sampling", b"sampling", "session_id", b"session_id", "stream", b"stream", "stream_interval", b"stream_interval"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_input: _TypeAlias = _typing.Literal["prompt", "chat"]  # noqa: Y015
     _WhichOneofArgType_input: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015

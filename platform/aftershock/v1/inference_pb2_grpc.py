@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from aftershock.v1 import generation_pb2 as aftershock_dot_v1_dot_generation__pb2
+from aftershock.v1 import inference_pb2 as aftershock_dot_v1_dot_inference__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -44,6 +45,11 @@ class InferenceStub:
                 request_serializer=aftershock_dot_v1_dot_generation__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=aftershock_dot_v1_dot_generation__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.GetLoad = channel.unary_unary(
+                '/aftershock.v1.Inference/GetLoad',
+                request_serializer=aftershock_dot_v1_dot_inference__pb2.GetLoadRequest.SerializeToString,
+                response_deserializer=aftershock_dot_v1_dot_inference__pb2.EngineLoad.FromString,
+                _registered_method=True)
 
 
 class InferenceServicer:
@@ -61,6 +67,13 @@ class InferenceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetLoad(self, request, context):
+        """The engine's load now, polled by the backend's router (cheap: no engine work).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -73,6 +86,11 @@ def add_InferenceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=aftershock_dot_v1_dot_generation__pb2.ListModelsRequest.FromString,
                     response_serializer=aftershock_dot_v1_dot_generation__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'GetLoad': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLoad,
+                    request_deserializer=aftershock_dot_v1_dot_inference__pb2.GetLoadRequest.FromString,
+                    response_serializer=aftershock_dot_v1_dot_inference__pb2.EngineLoad.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -129,6 +147,33 @@ class Inference:
             '/aftershock.v1.Inference/ListModels',
             aftershock_dot_v1_dot_generation__pb2.ListModelsRequest.SerializeToString,
             aftershock_dot_v1_dot_generation__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLoad(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aftershock.v1.Inference/GetLoad',
+            aftershock_dot_v1_dot_inference__pb2.GetLoadRequest.SerializeToString,
+            aftershock_dot_v1_dot_inference__pb2.EngineLoad.FromString,
             options,
             channel_credentials,
             insecure,

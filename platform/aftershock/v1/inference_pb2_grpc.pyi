@@ -4,6 +4,7 @@ isort:skip_file
 The inference service: one engine (sim, vllm or openai) behind a streaming Generate."""
 
 from aftershock.v1 import generation_pb2 as _generation_pb2
+from aftershock.v1 import inference_pb2 as _inference_pb2
 from collections import abc as _abc
 from grpc import aio as _aio
 import abc as _abc_1
@@ -33,12 +34,16 @@ class InferenceStub:
     def __new__(cls, channel: _aio.Channel) -> InferenceAsyncStub: ...
     Generate: _grpc.UnaryStreamMultiCallable[_generation_pb2.GenerateRequest, _generation_pb2.GenerateResponse]
     ListModels: _grpc.UnaryUnaryMultiCallable[_generation_pb2.ListModelsRequest, _generation_pb2.ListModelsResponse]
+    GetLoad: _grpc.UnaryUnaryMultiCallable[_inference_pb2.GetLoadRequest, _inference_pb2.EngineLoad]
+    """The engine's load now, polled by the backend's router (cheap: no engine work)."""
 
 @_typing.type_check_only
 class InferenceAsyncStub(InferenceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Generate: _aio.UnaryStreamMultiCallable[_generation_pb2.GenerateRequest, _generation_pb2.GenerateResponse]  # type: ignore[assignment]
     ListModels: _aio.UnaryUnaryMultiCallable[_generation_pb2.ListModelsRequest, _generation_pb2.ListModelsResponse]  # type: ignore[assignment]
+    GetLoad: _aio.UnaryUnaryMultiCallable[_inference_pb2.GetLoadRequest, _inference_pb2.EngineLoad]  # type: ignore[assignment]
+    """The engine's load now, polled by the backend's router (cheap: no engine work)."""
 
 class InferenceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -54,5 +59,13 @@ class InferenceServicer(metaclass=_abc_1.ABCMeta):
         request: _generation_pb2.ListModelsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_generation_pb2.ListModelsResponse, _abc.Awaitable[_generation_pb2.ListModelsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetLoad(
+        self,
+        request: _inference_pb2.GetLoadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_pb2.EngineLoad, _abc.Awaitable[_inference_pb2.EngineLoad]]:
+        """The engine's load now, polled by the backend's router (cheap: no engine work)."""
 
 def add_InferenceServicer_to_server(servicer: InferenceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -11,8 +11,9 @@ def fingerprint(request: pb.GenerateRequest) -> str:
     """A hash of what determines the output: model, input and sampling.
 
     Excludes the request id, the stream flag and stream_interval (they change how the same tokens
-    are framed, not which), and the idempotency key. Built from the message minus those fields, so
-    a field added to the contract later is covered without touching this.
+    are framed, not which), the idempotency key, and the response id and created the edge chose
+    (each duplicate names itself; dedupe answers with the first one's). Built from the message
+    minus those fields, so a field added to the contract later is covered without touching this.
     """
     content = pb.GenerateRequest()
     content.CopyFrom(request)
@@ -20,6 +21,8 @@ def fingerprint(request: pb.GenerateRequest) -> str:
     content.ClearField("stream")
     content.ClearField("stream_interval")
     content.ClearField("idempotency_key")
+    content.ClearField("completion_id")
+    content.ClearField("created")
     return hashlib.sha256(b"aftershock.fp.v1\0" + content.SerializeToString(deterministic=True)).hexdigest()
 
 

@@ -128,4 +128,12 @@ def create_app(
         metrics.http_responses_total.labels(str(err.status)).inc()
         return err.response({"x-request-id": request_id})
 
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        # Starlette logs the exception and re-raises it to the server after sending this.
+        request_id = request_id_of(request)
+        err = http_errors.unexpected(request_id)
+        metrics.http_responses_total.labels(str(err.status)).inc()
+        return err.response({"x-request-id": request_id})
+
     return app

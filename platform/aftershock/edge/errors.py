@@ -117,3 +117,10 @@ def from_routing(status: int, method: str, path: str, detail: str, request_id: s
     """Starlette's HTTPException (no such route, wrong method) in OpenAI's error shape."""
     message = {404: f"Unknown endpoint: {method} {path}", 405: "Method not allowed."}.get(status, detail)
     return http_error(status, message, code=_ROUTING.get(status), request_id=request_id)
+
+
+def unexpected(request_id: str) -> HttpError:
+    """A bug in the edge: still OpenAI's error shape (the SDKs parse it), never a plain-text 500."""
+    return http_error(
+        500, "The server had an error processing the request.", code="internal_error", request_id=request_id
+    )

@@ -9,7 +9,8 @@ import pytest
 from aftershock import errors
 from aftershock.edge import errors as http_errors
 from aftershock.edge.admission import Admission
-from aftershock.edge.auth import ApiKey, AuthConfig, Authenticator, parse_env_keys
+from aftershock.edge.api_keys import ApiKey, AuthConfig, parse_env_keys
+from aftershock.edge.auth import Authenticator
 from aftershock.edge.ratelimit import RateLimitConfig, RateLimiter, RateLimitExceeded
 from aftershock.metrics import EdgeMetrics, new_registry
 

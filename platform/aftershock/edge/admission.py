@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from aftershock import errors
-from aftershock.edge.auth import ApiKey, Authenticator
+from aftershock.edge.api_keys import ApiKey
+from aftershock.edge.auth import Authenticator
 from aftershock.edge.ratelimit import RateLimiter, RateLimitExceeded
 from aftershock.metrics import EdgeMetrics
 

@@ -90,11 +90,7 @@ def create_app(
             await admitted.charge(None, 0)  # one request, no tokens
             models = await backend.list_models(settings.readiness_timeout_s)
         except (errors.AftershockError, grpc.aio.AioRpcError) as exc:
-            err = (
-                http_errors.from_domain(exc, request_id)
-                if isinstance(exc, errors.AftershockError)
-                else http_errors.from_rpc(exc, request_id)
-            )
+            err = http_errors.from_error(exc, request_id)
             rate = admitted.rate_headers if admitted is not None else {}
             return err.response({**rate, "x-request-id": request_id})
         finally:

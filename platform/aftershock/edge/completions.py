@@ -99,10 +99,8 @@ class CompletionHandler(Generic[R]):
                 return await self._complete(rpc, exchange, completion_id, created, parsed.model)
             finally:
                 watcher.cancel()
-        except errors.AftershockError as err:
-            return self._refuse(http_errors.from_domain(err, exchange.request_id), exchange, admitted)
-        except grpc.aio.AioRpcError as exc:
-            return self._refuse(http_errors.from_rpc(exc, exchange.request_id), exchange, admitted)
+        except (errors.AftershockError, grpc.aio.AioRpcError) as exc:
+            return self._refuse(http_errors.from_error(exc, exchange.request_id), exchange, admitted)
         finally:
             if admitted is not None and not streaming:
                 admitted.release()

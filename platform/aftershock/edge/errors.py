@@ -113,6 +113,13 @@ def from_rpc(exc: grpc.aio.AioRpcError, request_id: str) -> HttpError:
     return from_domain(error_from_rpc(exc), request_id)
 
 
+def from_error(exc: errors.AftershockError | grpc.aio.AioRpcError, request_id: str) -> HttpError:
+    """A domain error raised at the edge, or the backend's gRPC status."""
+    if isinstance(exc, errors.AftershockError):
+        return from_domain(exc, request_id)
+    return from_rpc(exc, request_id)
+
+
 def from_routing(status: int, method: str, path: str, detail: str, request_id: str) -> HttpError:
     """Starlette's HTTPException (no such route, wrong method) in OpenAI's error shape."""
     message = {404: f"Unknown endpoint: {method} {path}", 405: "Method not allowed."}.get(status, detail)

@@ -122,6 +122,30 @@ def test_bad_timeout_header(http: httpx.Client) -> None:
     assert error["param"] == "x-request-timeout"
 
 
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+@pytest.mark.parametrize("value", [2**32, 2**64, 10**400])
+def test_token_counts_beyond_uint32(http: httpx.Client, field: str, value: int) -> None:
+    # Was a 500 in plain text (protobuf's uint32 refused the value after validation passed it).
+    error = _error(http.post(CHAT, json={**GOOD, field: value}), 400)
+    assert error["param"] == field
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e400"])
+def test_non_finite_numbers(http: httpx.Client, literal: str) -> None:
+    body = (
+        b'{"model": "sim-fast", "messages": [{"role": "user", "content": "hi"}], "temperature": '
+        + literal.encode()
+    )
+    error = _error(http.post(CHAT, content=body + b"}", headers={"content-type": "application/json"}), 400)
+    assert error["param"] == "temperature"
+
+
+def test_openapi_document(http: httpx.Client) -> None:
+    resp = http.get("/openapi.json")
+    assert resp.status_code == 200
+    assert set(resp.json()["paths"]) == {CHAT, "/v1/completions", "/v1/models"}
+
+
 def test_still_healthy_after_bad_input(http: httpx.Client, stack: Stack) -> None:
     assert http.get("/healthz").status_code == 200
     assert http.get("/readyz").status_code == 200

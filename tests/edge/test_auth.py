@@ -14,15 +14,8 @@ import pytest
 import yaml
 from aftershock import errors
 from aftershock.edge import errors as http_errors
-from aftershock.edge.auth import (
-    ANONYMOUS,
-    ENV_VAR,
-    AuthConfig,
-    Authenticator,
-    KeyFileError,
-    main,
-    sha256_hex,
-)
+from aftershock.edge.api_keys import ANONYMOUS, ENV_VAR, AuthConfig, KeyFileError, sha256_hex
+from aftershock.edge.auth import Authenticator, main
 from prometheus_client import CollectorRegistry, Counter
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict

@@ -7,7 +7,8 @@ import json
 import grpc
 import pytest
 from aftershock import errors
-from aftershock.edge.errors import HTTP_STATUS, from_domain, from_rpc, http_error
+from aftershock.edge.errors import HTTP_STATUS, from_domain, from_routing, from_rpc, http_error
+from aftershock.edge.requests import PayloadTooLarge
 
 # DESIGN.md: INVALID_ARGUMENT 400, NOT_FOUND 404, UNAUTHENTICATED 401, PERMISSION_DENIED 403,
 # RESOURCE_EXHAUSTED 429 + Retry-After, UNAVAILABLE 503 + Retry-After, DEADLINE_EXCEEDED 504,
@@ -142,3 +143,35 @@ def test_codes_outside_the_table(code: grpc.StatusCode, status: int) -> None:
     assert http.status == status
     assert http.body["error"]["type"] == "server_error"
     assert http.grpc_code == code.name
+
+
+def test_a_body_over_the_limit_is_413() -> None:
+    # gRPC has no such code: the mapping keys it on the error type, so no handler picks 413 itself.
+    http = from_domain(PayloadTooLarge("Request body exceeds the limit of 10 bytes."), "rid")
+    assert http.status == 413
+    assert http.grpc_code == "INVALID_ARGUMENT"
+    assert (http.body["error"]["type"], http.body["error"]["code"]) == (
+        "invalid_request_error",
+        "request_too_large",
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "message"),
+    [
+        (404, "unknown_endpoint", "Unknown endpoint: GET /v1/engines"),
+        (405, "method_not_allowed", "Method not allowed."),
+    ],
+)
+def test_routing_refusals(status: int, code: str, message: str) -> None:
+    http = from_routing(status, "GET", "/v1/engines", "detail", "rid")
+    assert http.status == status
+    assert http.body == {
+        "error": {
+            "message": message,
+            "type": "invalid_request_error",
+            "param": None,
+            "code": code,
+            "request_id": "rid",
+        }
+    }

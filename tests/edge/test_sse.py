@@ -1,4 +1,5 @@
-"""SSE framing: every chunk is one `data:` line of valid JSON in OpenAI's shape, text survives exactly."""
+"""SSE framing and the streamed chunk shapes: every chunk is one `data:` line of valid JSON in OpenAI's
+shape, text survives exactly."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import json
 from typing import Any
 
 import pytest
-from aftershock.edge import sse
+from aftershock.edge import responses, sse
 
 TRICKY = [
     "plain",
@@ -37,9 +38,9 @@ def split_events(stream: bytes) -> list[bytes]:
     return [p + b"\n\n" for p in parts[:-1]]
 
 
-def encoder(chat: bool, include_usage: bool) -> sse.ChunkEncoder:
-    return sse.ChunkEncoder(
-        chat=chat,
+def encoder(chat: bool, include_usage: bool) -> responses.ChunkEncoder:
+    return responses.ChunkEncoder(
+        responses.CHAT if chat else responses.TEXT,
         completion_id="cmpl-abc",
         created=1_700_000_000,
         model="sim-small",
@@ -74,12 +75,13 @@ def test_completion_delta_round_trips(text: str, include_usage: bool) -> None:
 
 
 def test_chat_role_chunk() -> None:
-    chunk = parse(encoder(True, False).role())
+    chunk = parse(encoder(True, False).opening())
     assert chunk["choices"] == [
         {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
     ]
     assert "usage" not in chunk
-    assert parse(encoder(True, True).role())["usage"] is None
+    assert parse(encoder(True, True).opening())["usage"] is None
+    assert encoder(False, True).opening() == b""  # a text completion stream opens with its first text
 
 
 @pytest.mark.parametrize("include_usage", [False, True])
@@ -114,7 +116,7 @@ def test_done_and_error_framing() -> None:
 def test_a_whole_stream_reassembles_the_text(chat: bool) -> None:
     enc = encoder(chat, True)
     pieces = [p for p in TRICKY if p]
-    stream = (enc.role() if chat else b"") + b"".join(enc.delta(p) for p in pieces)
+    stream = enc.opening() + b"".join(enc.delta(p) for p in pieces)
     stream += enc.finish("stop") + enc.usage(3, len(pieces)) + sse.DONE
     events = split_events(stream)
     assert events[-1] == sse.DONE

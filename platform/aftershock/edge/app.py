@@ -1,4 +1,5 @@
-"""The edge's FastAPI application: routes only; the work is in serving.py."""
+"""The edge's FastAPI application: routes only. Every API route goes through admission.py; the
+completion endpoints are served by completions.py, one handler object per endpoint."""
 
 from __future__ import annotations
 
@@ -17,19 +18,23 @@ from starlette.responses import Response
 
 from aftershock import errors, tracing
 from aftershock.edge import errors as http_errors
+from aftershock.edge import openapi, responses
+from aftershock.edge.admission import Admission, Pass
 from aftershock.edge.auth import Authenticator
 from aftershock.edge.backend_client import BackendClient
+from aftershock.edge.completions import CompletionHandler
+from aftershock.edge.endpoints import CHAT_COMPLETIONS, COMPLETIONS
 from aftershock.edge.ratelimit import RateLimiter
 from aftershock.edge.requests import request_id_of
-from aftershock.edge.serving import Serving
 from aftershock.edge.settings import EdgeSettings
 from aftershock.metrics import EdgeMetrics
 
 log = logging.getLogger(__name__)
+JSON = "application/json"
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
+    return Response(orjson.dumps(body), status_code=status, media_type=JSON, headers=headers)
 
 
 def create_app(
@@ -40,9 +45,17 @@ def create_app(
     limiter: RateLimiter | None = None,
 ) -> FastAPI:
     auth = auth or Authenticator(settings.auth_config(), failures_total=metrics.auth_failures_total)
-    limiter = limiter or RateLimiter(settings.ratelimit_config())
-    serving = Serving(settings, backend, metrics, auth, limiter)
-    rate_limiter = limiter
+    rate_limiter = limiter or RateLimiter(settings.ratelimit_config())
+    admission = Admission(
+        auth,
+        rate_limiter,
+        metrics,
+        max_in_flight=settings.max_in_flight,
+        shed_retry_after_s=settings.shed_retry_after_s,
+    )
+    chat = CompletionHandler(CHAT_COMPLETIONS, settings, backend, metrics, admission)
+    completions = CompletionHandler(COMPLETIONS, settings, backend, metrics, admission)
+    openapi_document = openapi.encoded()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -52,6 +65,7 @@ def create_app(
         finally:
             await rate_limiter.close()
 
+    # FastAPI's generated document would describe raw Request handlers; openapi.py writes the real one.
     app = FastAPI(title="Aftershock edge", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     if not tracing.disabled():
         # One SERVER span per request; without exclude_spans the instrumentor adds a span per SSE chunk.
@@ -59,40 +73,37 @@ def create_app(
             app, excluded_urls="healthz,readyz", exclude_spans=["send", "receive"]
         )
 
-    @app.post("/v1/chat/completions")
+    @app.post(CHAT_COMPLETIONS.path)
     async def chat_completions(request: Request) -> Response:
-        return await serving.chat(request)
+        return await chat(request)
 
-    @app.post("/v1/completions")
-    async def completions(request: Request) -> Response:
-        return await serving.completions(request)
+    @app.post(COMPLETIONS.path)
+    async def text_completions(request: Request) -> Response:
+        return await completions(request)
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> Response:
         request_id = request_id_of(request)
+        admitted: Pass | None = None
         try:
-            key = auth.authenticate(request.headers)
+            admitted = admission.enter(request.headers)
+            await admitted.charge(None, 0)  # one request, no tokens
             models = await backend.list_models(settings.readiness_timeout_s)
-        except errors.AftershockError as domain:
-            err = http_errors.from_domain(domain, request_id)
-            return _json(err.body, err.status, {**err.headers, "x-request-id": request_id})
-        except grpc.aio.AioRpcError as exc:
-            err = http_errors.from_rpc(exc, request_id)
-            return _json(err.body, err.status, {**err.headers, "x-request-id": request_id})
-        allowed = set(auth.allowed_models(key, [m.name for m in models]))
-        models = [m for m in models if m.name in allowed]
-        data = [
-            {
-                "id": m.name,
-                "object": "model",
-                "created": 0,
-                "owned_by": "aftershock",
-                "max_model_len": m.max_model_len or None,
-                "ready_replicas": m.ready_replicas,
-            }
-            for m in models
-        ]
-        return _json({"object": "list", "data": data}, headers={"x-request-id": request_id})
+        except (errors.AftershockError, grpc.aio.AioRpcError) as exc:
+            err = http_errors.from_error(exc, request_id)
+            rate = admitted.rate_headers if admitted is not None else {}
+            return err.response({**rate, "x-request-id": request_id})
+        finally:
+            if admitted is not None:
+                admitted.release()
+        allowed = set(auth.allowed_models(admitted.key, [m.name for m in models]))
+        body = responses.model_list(m for m in models if m.name in allowed)
+        return Response(body, media_type=JSON, headers={**admitted.rate_headers, "x-request-id": request_id})
+
+    @app.get("/openapi.json")
+    async def openapi_json() -> Response:
+        # Public like the health probes: it describes the API, it grants nothing.
+        return Response(openapi_document, media_type=JSON)
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -107,13 +118,18 @@ def create_app(
     async def http_exception(request: Request, exc: StarletteHTTPException) -> Response:
         # Unknown endpoints and wrong methods answer in OpenAI's error shape too.
         request_id = request_id_of(request)
-        message = {
-            404: f"Unknown endpoint: {request.method} {request.url.path}",
-            405: "Method not allowed.",
-        }.get(exc.status_code, str(exc.detail))
-        code = {404: "unknown_endpoint", 405: "method_not_allowed"}.get(exc.status_code)
-        err = http_errors.http_error(exc.status_code, message, code=code, request_id=request_id)
-        metrics.http_responses_total.labels(str(exc.status_code)).inc()
-        return _json(err.body, exc.status_code, {"x-request-id": request_id})
+        err = http_errors.from_routing(
+            exc.status_code, request.method, request.url.path, str(exc.detail), request_id
+        )
+        metrics.http_responses_total.labels(str(err.status)).inc()
+        return err.response({"x-request-id": request_id})
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        # Starlette logs the exception and re-raises it to the server after sending this.
+        request_id = request_id_of(request)
+        err = http_errors.unexpected(request_id)
+        metrics.http_responses_total.labels(str(err.status)).inc()
+        return err.response({"x-request-id": request_id})
 
     return app

@@ -1,4 +1,8 @@
-"""The one place where gRPC status becomes HTTP status and OpenAI's error JSON."""
+"""The one place where an error becomes an HTTP status and OpenAI's error JSON.
+
+Every status the edge answers with other than 200 is chosen here: domain errors and gRPC status by
+DESIGN.md's table, the edge-only 413 by its error type, and Starlette's routing refusals (404, 405).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from typing import Any
 
 import grpc
 import orjson
+from starlette.responses import Response
 
 from aftershock import errors
 from aftershock.rpc.status import error_from_rpc
@@ -27,6 +32,13 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
 }
+
+# Errors the edge raises itself whose HTTP status gRPC has no code for.
+REQUEST_TOO_LARGE = "request_too_large"
+_STATUS_BY_ERROR_TYPE = {REQUEST_TOO_LARGE: 413}
+
+# Starlette's own refusals (no route, wrong method): message and code by status.
+_ROUTING = {404: "unknown_endpoint", 405: "method_not_allowed"}
 
 # OpenAI's error "type" by HTTP status.
 _TYPE_BY_STATUS = {
@@ -49,6 +61,15 @@ class HttpError:
 
     def encoded(self) -> bytes:
         return orjson.dumps(self.body)
+
+    def response(self, headers: dict[str, str]) -> Response:
+        """The JSON response; `headers` (request id, rate limits, trace) join the error's own."""
+        return Response(
+            self.encoded(),
+            status_code=self.status,
+            media_type="application/json",
+            headers={**self.headers, **headers},
+        )
 
 
 def http_error(
@@ -76,8 +97,9 @@ def http_error(
 
 
 def from_domain(err: errors.AftershockError, request_id: str) -> HttpError:
+    status = _STATUS_BY_ERROR_TYPE.get(err.error_type) or HTTP_STATUS.get(err.code, 500)
     return http_error(
-        HTTP_STATUS.get(err.code, 500),
+        status,
         err.message,
         code=err.error_type,
         param=err.param,
@@ -89,3 +111,23 @@ def from_domain(err: errors.AftershockError, request_id: str) -> HttpError:
 
 def from_rpc(exc: grpc.aio.AioRpcError, request_id: str) -> HttpError:
     return from_domain(error_from_rpc(exc), request_id)
+
+
+def from_error(exc: errors.AftershockError | grpc.aio.AioRpcError, request_id: str) -> HttpError:
+    """A domain error raised at the edge, or the backend's gRPC status."""
+    if isinstance(exc, errors.AftershockError):
+        return from_domain(exc, request_id)
+    return from_rpc(exc, request_id)
+
+
+def from_routing(status: int, method: str, path: str, detail: str, request_id: str) -> HttpError:
+    """Starlette's HTTPException (no such route, wrong method) in OpenAI's error shape."""
+    message = {404: f"Unknown endpoint: {method} {path}", 405: "Method not allowed."}.get(status, detail)
+    return http_error(status, message, code=_ROUTING.get(status), request_id=request_id)
+
+
+def unexpected(request_id: str) -> HttpError:
+    """A bug in the edge: still OpenAI's error shape (the SDKs parse it), never a plain-text 500."""
+    return http_error(
+        500, "The server had an error processing the request.", code="internal_error", request_id=request_id
+    )

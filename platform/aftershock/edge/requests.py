@@ -10,6 +10,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
 from aftershock import errors
+from aftershock.edge import errors as http_errors
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 M = TypeVar("M", bound=BaseModel)
@@ -19,7 +20,7 @@ _UNION_TAGS = frozenset({"str", "int", "float", "bool", "none"})
 class PayloadTooLarge(errors.InvalidArgument):
     """Maps to 413 at the edge (gRPC has no such code; it never leaves the edge)."""
 
-    error_type = "request_too_large"
+    error_type = http_errors.REQUEST_TOO_LARGE
 
 
 def request_id_of(request: Request) -> str:

@@ -8,7 +8,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # Fields OpenAI defines that we accept and ignore are allowed through `extra="ignore"`; the SDK sends
 # new ones over time and a client should not break on them.
-_CONFIG = ConfigDict(strict=True, extra="ignore", frozen=True)
+# NaN and Infinity literals (which the JSON parser accepts) are refused as "not a finite number".
+_CONFIG = ConfigDict(strict=True, extra="ignore", frozen=True, allow_inf_nan=False)
+# Token counts travel as uint32 (SamplingParams.max_tokens): any larger number is a 400 here, not a
+# protobuf ValueError (500) later.
+MAX_TOKENS_LIMIT = 2**32 - 1
 
 
 class TextPart(BaseModel):
@@ -43,7 +47,7 @@ class _SamplingFields(BaseModel):
     model_config = _CONFIG
 
     model: str = Field(min_length=1)
-    max_tokens: int | None = Field(None, gt=0)
+    max_tokens: int | None = Field(None, gt=0, le=MAX_TOKENS_LIMIT)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     n: int = Field(1, ge=1, le=1, description="only one choice per request is supported")
@@ -70,7 +74,7 @@ class _SamplingFields(BaseModel):
 
 class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessageIn] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, gt=0)
+    max_completion_tokens: int | None = Field(None, gt=0, le=MAX_TOKENS_LIMIT)
 
     def effective_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens

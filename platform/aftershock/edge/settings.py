@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from aftershock.edge.auth import AuthConfig
+from aftershock.edge.api_keys import AuthConfig
 from aftershock.edge.ratelimit import RateLimitConfig
 
 

@@ -24,6 +24,8 @@ def fingerprint(request: pb.GenerateRequest) -> str:
     content.ClearField("idempotency_key")
     content.ClearField("completion_id")
     content.ClearField("created")
+    # Which replica a session prefers says nothing about the output.
+    content.ClearField("session_id")
     return hashlib.sha256(b"aftershock.fp.v1\0" + content.SerializeToString(deterministic=True)).hexdigest()
 
 

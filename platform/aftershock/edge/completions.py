@@ -25,6 +25,7 @@ from aftershock.edge.requests import (
     parse_json_body,
     read_body,
     request_id_of,
+    session_id_of,
     timeout_of,
 )
 from aftershock.edge.settings import EdgeSettings
@@ -76,6 +77,9 @@ class CompletionHandler(Generic[R]):
             key = idempotency_key_of(request)
             # Scoped to the caller: two clients' keys never meet (nor share a result).
             grpc_request.idempotency_key = f"{admitted.key.name}:{key}" if key else ""
+            # Scoped like the key: two clients' sessions never share a replica preference by accident.
+            session = session_id_of(request)
+            grpc_request.session_id = f"{admitted.key.name}:{session}" if session else ""
             exchange.client_span, metadata = start_client_span(BACKEND_GENERATE, settings.backend_target)
             rpc = self._backend.stub.Generate(grpc_request, timeout=timeout, metadata=metadata)
             if parsed.stream:
@@ -120,6 +124,7 @@ class CompletionHandler(Generic[R]):
             raise errors.Internal("The backend ended the stream without a result.")
         exchange.attempts = last.attempts
         completion_id, created, model = responses.served_as(first, completion_id, created, model)
+        exchange.served_model = first.model
         exchange.answered_as(completion_id, model)
         finish = responses.finish_reason(last.finish_reason)
         body = responses.body(

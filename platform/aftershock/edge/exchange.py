@@ -42,6 +42,8 @@ class Exchange:
     client_span: Span | None = None
     rate_headers: Mapping[str, str] = field(default_factory=dict)
     attempts: int = 0
+    # The model that served when a fallback chain chose another than the one asked for.
+    served_model: str = ""
 
     def exemplar(self) -> dict[str, str] | None:
         trace_id = trace_id_of(self.span)
@@ -91,6 +93,8 @@ class Exchange:
         if self.attempts > 1:
             # The backend retried (before the first token, for a stream): drills and clients can tell.
             headers["x-aftershock-attempts"] = str(self.attempts)
+        if self.served_model:
+            headers["x-aftershock-served-model"] = self.served_model
         ctx = self.span.get_span_context()
         if ctx.is_valid:
             headers["traceparent"] = f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"

@@ -89,6 +89,16 @@ def timeout_of(request: Request, default_s: float, max_s: float) -> float:
     return default_s
 
 
+def session_id_of(request: Request) -> str:
+    """The client's opt-in x-session-id ("" when absent): a session's requests prefer one replica."""
+    session = request.headers.get("x-session-id", "")
+    if len(session) > 255 or not session.isprintable():
+        raise errors.InvalidArgument(
+            "x-session-id must be at most 255 printable characters.", param="x-session-id"
+        )
+    return session
+
+
 def idempotency_key_of(request: Request) -> str:
     """The client's Idempotency-Key ("" when absent): one generation per key (backend dedupe)."""
     key = request.headers.get("idempotency-key", "")

@@ -46,6 +46,7 @@ async def open_stream(
         raise
     exchange.attempts = first.attempts
     completion_id, created, model = responses.served_as(first, completion_id, created, model)
+    exchange.served_model = first.model
     exchange.answered_as(completion_id, model)
     encoder = responses.ChunkEncoder(
         shape, completion_id=completion_id, created=created, model=model, include_usage=include_usage

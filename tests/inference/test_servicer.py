@@ -199,3 +199,18 @@ async def test_list_models(stub: inference_pb2_grpc.InferenceStub) -> None:
     tight = by_name["tight"]
     assert (tight.max_model_len, tight.max_output_tokens, tight.engine) == (64, 16, "sim")
     assert (tight.ready_replicas, tight.total_replicas) == (1, 1)
+
+
+async def test_list_models_reports_the_engines_load(stub: inference_pb2_grpc.InferenceStub) -> None:
+    """What a load-aware router reads: running, waiting, KV usage and the prefix cache's size."""
+    long_prompt = " ".join(f"w{i}" for i in range(40))  # two full blocks of 16 and a partial one
+    call = stub.Generate(generate_request("slow", long_prompt, max_tokens=40, seed=1))
+    first = await call.read()
+    assert first.tokens
+    resp = await stub.ListModels(pb.ListModelsRequest())
+    load = {m.name: m.load for m in resp.models}
+    assert load["slow"].num_requests_running == 1 and load["slow"].num_requests_waiting == 0
+    assert load["slow"].kv_cache_usage > 0
+    assert (load["slow"].prefix_cache_blocks, load["slow"].block_size) == (2, 16)
+    assert load["fast"].num_requests_running == 0 and load["fast"].prefix_cache_blocks == 0
+    call.cancel()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aftershock.inference.engine import ChatTurn, EngineOutput, EngineRequest, ModelSpec
+from aftershock.inference.engine import ChatTurn, EngineOutput, EngineRequest, ModelLoad, ModelSpec
 from aftershock.v1 import generation_pb2 as pb
 
 FINISH_TO_PB = {
@@ -48,8 +48,8 @@ def response(out: EngineOutput, tokens: list[str] | None = None) -> pb.GenerateR
     return msg
 
 
-def model_info(spec: ModelSpec) -> pb.ModelInfo:
-    return pb.ModelInfo(
+def model_info(spec: ModelSpec, load: ModelLoad | None = None) -> pb.ModelInfo:
+    info = pb.ModelInfo(
         name=spec.name,
         max_model_len=spec.max_model_len,
         max_output_tokens=spec.max_output_tokens,
@@ -57,3 +57,14 @@ def model_info(spec: ModelSpec) -> pb.ModelInfo:
         ready_replicas=1,
         total_replicas=1,
     )
+    if load is not None:
+        info.load.CopyFrom(
+            pb.EngineLoad(
+                num_requests_running=load.running,
+                num_requests_waiting=load.waiting,
+                kv_cache_usage=load.kv_cache_usage,
+                prefix_cache_blocks=load.cached_blocks,
+                block_size=load.block_size,
+            )
+        )
+    return info

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 FinishReason = Literal["stop", "length", "abort"]
 
@@ -59,6 +59,18 @@ class ModelSpec:
     engine: str
 
 
+@dataclass(frozen=True, slots=True)
+class ModelLoad:
+    """What an engine knows about its own load on one model, for a router to weigh replicas by."""
+
+    running: int
+    waiting: int
+    kv_cache_usage: float  # 0 to 1, blocks held by running requests
+    # Prefix cache: blocks held (in use or evictable) and their size in tokens; 0 when not modelled.
+    cached_blocks: int = 0
+    block_size: int = 0
+
+
 @dataclass(slots=True)
 class EngineStats:
     """The engine's own counters, readable in-process and exported as vllm:* metrics."""
@@ -80,6 +92,13 @@ class Engine(Protocol):
     def models(self) -> Sequence[ModelSpec]: ...
 
     def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]: ...
+
+
+@runtime_checkable
+class ReportsLoad(Protocol):
+    """An engine that knows its own scheduler state (the simulator); ListModels then carries it."""
+
+    def load(self, model: str) -> ModelLoad: ...
 
 
 def render_chat(messages: Sequence[ChatTurn]) -> str:

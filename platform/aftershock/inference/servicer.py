@@ -13,7 +13,7 @@ from opentelemetry.trace import Span
 from aftershock import errors
 from aftershock.context import request_id_var
 from aftershock.inference import convert
-from aftershock.inference.engine import Engine, EngineOutput
+from aftershock.inference.engine import Engine, EngineOutput, ReportsLoad
 from aftershock.tracing import (
     GEN_AI_FINISH_REASONS,
     GEN_AI_INPUT_TOKENS,
@@ -87,7 +87,14 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListModelsResponse:
-        return pb.ListModelsResponse(models=[convert.model_info(m) for m in self._engine.models()])
+        engine = self._engine
+        reporter = engine if isinstance(engine, ReportsLoad) else None
+        return pb.ListModelsResponse(
+            models=[
+                convert.model_info(m, reporter.load(m.name) if reporter is not None else None)
+                for m in engine.models()
+            ]
+        )
 
 
 def _record(span: Span, out: EngineOutput, arrival_ns: int) -> None:

@@ -301,6 +301,7 @@ class ModelInfo(_message.Message):
     READY_REPLICAS_FIELD_NUMBER: _builtins.int
     TOTAL_REPLICAS_FIELD_NUMBER: _builtins.int
     REPRODUCIBLE_FIELD_NUMBER: _builtins.int
+    LOAD_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     max_model_len: _builtins.int
     max_output_tokens: _builtins.int
@@ -311,6 +312,12 @@ class ModelInfo(_message.Message):
     total_replicas: _builtins.int
     reproducible: _builtins.bool
     """See GenerateResponse.reproducible."""
+    @_builtins.property
+    def load(self) -> Global___EngineLoad:
+        """This replica's load on the model as its engine reports it when ListModels is called; unset
+        for engines that cannot tell. A load-aware router polls ListModels for it.
+        """
+
     def __init__(
         self,
         *,
@@ -321,14 +328,52 @@ class ModelInfo(_message.Message):
         ready_replicas: _builtins.int = ...,
         total_replicas: _builtins.int = ...,
         reproducible: _builtins.bool = ...,
+        load: Global___EngineLoad | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["load", b"load"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["engine", b"engine", "max_model_len", b"max_model_len", "max_output_tokens", b"max_output_tokens", "name", b"name", "ready_replicas", b"ready_replicas", "reproducible", b"reproducible", "total_replicas", b"total_replicas"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["engine", b"engine", "load", b"load", "max_model_len", b"max_model_len", "max_output_tokens", b"max_output_tokens", "name", b"name", "ready_replicas", b"ready_replicas", "reproducible", b"reproducible", "total_replicas", b"total_replicas"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModelInfo: _TypeAlias = ModelInfo  # noqa: Y015
+
+@_typing.final
+class EngineLoad(_message.Message):
+    """vLLM's scheduler figures: vllm:num_requests_running, vllm:num_requests_waiting and
+    vllm:kv_cache_usage_perc, plus the prefix cache's size and geometry.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NUM_REQUESTS_RUNNING_FIELD_NUMBER: _builtins.int
+    NUM_REQUESTS_WAITING_FIELD_NUMBER: _builtins.int
+    KV_CACHE_USAGE_FIELD_NUMBER: _builtins.int
+    PREFIX_CACHE_BLOCKS_FIELD_NUMBER: _builtins.int
+    BLOCK_SIZE_FIELD_NUMBER: _builtins.int
+    num_requests_running: _builtins.int
+    num_requests_waiting: _builtins.int
+    kv_cache_usage: _builtins.float
+    """0 to 1: KV blocks held by running requests."""
+    prefix_cache_blocks: _builtins.int
+    """Prefix-cache blocks resident (in use or evictable), and tokens per block (0: no prefix cache)."""
+    block_size: _builtins.int
+    def __init__(
+        self,
+        *,
+        num_requests_running: _builtins.int = ...,
+        num_requests_waiting: _builtins.int = ...,
+        kv_cache_usage: _builtins.float = ...,
+        prefix_cache_blocks: _builtins.int = ...,
+        block_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_size", b"block_size", "kv_cache_usage", b"kv_cache_usage", "num_requests_running", b"num_requests_running", "num_requests_waiting", b"num_requests_waiting", "prefix_cache_blocks", b"prefix_cache_blocks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EngineLoad: _TypeAlias = EngineLoad  # noqa: Y015
 
 @_typing.final
 class ListModelsRequest(_message.Message):

@@ -36,12 +36,15 @@ sys.path.insert(0, str(HERE))
 
 from aftershock.ports import free_port  # noqa: E402
 from aftershock.stack import Stack, StackConfig  # noqa: E402
-from load import HttpTarget, Run, closed_loop, percentile  # noqa: E402
+from load import HttpTarget, Run, closed_loop, open_loop, percentile  # noqa: E402
 from overhead import DiscardReceiver  # noqa: E402
 from procstat import CpuWindow  # noqa: E402
 
 MODEL = "peer-model"
 LITELLM_VERSION = "1.106.2"
+# Well below saturation for every target here (LiteLLM streams saturate at a few per second on this
+# shared machine), so latency measures the hops, not a queue.
+OPEN_RATE = 10.0
 Figures = dict[str, float]
 
 
@@ -118,19 +121,22 @@ def litellm_config(path: Path, upstream: str) -> Path:
 
 
 async def measure(
-    target: HttpTarget, pids: dict[str, int], tree: bool, concurrency: int, total: int
-) -> tuple[Run, dict[str, float]]:
+    target: HttpTarget, pids: dict[str, int], tree: bool, concurrency: int, total: int, open_s: float
+) -> tuple[Run, dict[str, float], Run]:
+    """CPU and latency saturated (closed loop), then latency at a fixed rate well below it."""
     try:
         await closed_loop(target.send, concurrency, max(64, total // 5))  # warm-up
         cpu = CpuWindow(pids, tree=tree)
         cpu.start()
         run = await closed_loop(target.send, concurrency, total)
-        return run, cpu.stop()
+        spent = cpu.stop()
+        fixed = await open_loop(target.send, OPEN_RATE, open_s) if open_s else Run()
+        return run, spent, fixed
     finally:
         await target.close()
 
 
-def figures(name: str, run: Run, spent: dict[str, float]) -> Figures:
+def figures(name: str, run: Run, spent: dict[str, float], fixed: Run) -> Figures:
     n = max(1, len(run.results))  # failed requests cost CPU too
     lat = [r.latency_s * 1000 for r in run.ok()]
     out = {f"{name}.cpu_ms_per_req.{proc}": s * 1000 / n for proc, s in spent.items()}
@@ -139,7 +145,13 @@ def figures(name: str, run: Run, spent: dict[str, float]) -> Figures:
     out[f"{name}.p99_ms"] = percentile(lat, 99)
     out[f"{name}.rps"] = len(run.ok()) / run.wall_s if run.wall_s else 0.0
     out[f"{name}.tokens_per_req"] = sum(r.tokens for r in run.ok()) / max(1, len(run.ok()))
-    out[f"{name}.errors"] = float(len(run.results) - len(run.ok()))
+    # Open loop: latency (TTFT for streams) timed from each request's scheduled arrival.
+    open_ok = fixed.ok()
+    out[f"{name}.open_p50_ms"] = percentile([r.latency_s * 1000 for r in open_ok], 50)
+    out[f"{name}.open_p99_ms"] = percentile([r.latency_s * 1000 for r in open_ok], 99)
+    out[f"{name}.open_ttft_p50_ms"] = percentile([r.ttft_s * 1000 for r in open_ok], 50)
+    failed = len(run.results) - len(run.ok()) + len(fixed.results) - len(open_ok)
+    out[f"{name}.errors"] = float(failed)
     return out
 
 
@@ -153,11 +165,14 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--litellm-version", default=LITELLM_VERSION)
     parser.add_argument("--no-litellm", action="store_true", help="Aftershock and the upstream only")
+    parser.add_argument(
+        "--open-seconds", type=float, default=8.0, help=f"open loop at {OPEN_RATE:.0f} req/s; 0: none"
+    )
     parser.add_argument("--quick", action="store_true", help="one round of 100 requests (smoke test)")
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "bench")
     args = parser.parse_args()
     if args.quick:
-        args.rounds, args.requests = 1, 100
+        args.rounds, args.requests, args.open_seconds = 1, 100, min(args.open_seconds, 3.0)
     logs = args.out / "logs" / f"peer-{time.strftime('%Y%m%d-%H%M%S')}"
     up_port = free_port()
     upstream = f"http://127.0.0.1:{up_port}/v1"
@@ -223,9 +238,12 @@ def main() -> int:
                     target = HttpTarget(
                         url, MODEL, args.max_tokens, stream, args.concurrency, headers=auth.get(name)
                     )
-                    run, spent = asyncio.run(measure(target, pids, tree, args.concurrency, args.requests))
-                    figs.update(figures(f"{kind}.{name}", run, spent))
-                    print(f"round {rnd + 1} {kind} {name}: errors {run.errors() or 0}", file=sys.stderr)
+                    run, spent, fixed = asyncio.run(
+                        measure(target, pids, tree, args.concurrency, args.requests, args.open_seconds)
+                    )
+                    figs.update(figures(f"{kind}.{name}", run, spent, fixed))
+                    errs = {**run.errors(), **fixed.errors()} or 0
+                    print(f"round {rnd + 1} {kind} {name}: errors {errs}", file=sys.stderr)
             raw.append(figs)
     receiver.stop()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -246,20 +264,19 @@ def _med(raw: list[Figures], key: str) -> str:
     return f"{statistics.median(values):.2f} [{min(values):.2f}-{max(values):.2f}]"
 
 
+def _added(raw: list[Figures], pre: str, direct: str, q: str) -> str:
+    diffs = [r[f"{pre}.{q}"] - r[f"{direct}.{q}"] for r in raw]
+    diffs = [d for d in diffs if d == d]  # NaN when a side had no successful request
+    return f"{statistics.median(diffs):+.2f}" if diffs else "-"
+
+
 def print_table(raw: list[Figures], names: list[str]) -> None:
     print(f"\nmedian [min-max] over {len(raw)} rounds; CPU in ms per request, latency in ms")
     procs = ["edge", "backend", "inference", "litellm", "upstream", "total"]
-    head = [
-        "",
-        "target",
-        *(f"cpu.{p}" for p in procs),
-        "p50",
-        "p99",
-        "added p50",
-        "req/s",
-        "tok/req",
-        "errors",
-    ]
+    rate = f"{OPEN_RATE:.0f}/s"
+    head = ["kind", "target", *(f"cpu.{p}" for p in procs), "closed p50", "p99", "added p50"]
+    head += [f"open {rate} p50", "p99", "added p50", "added p99", "ttft p50", "added ttft"]
+    head += ["closed req/s", "tok/req", "errors"]
     print(" | ".join(head))
     for kind in ("nonstream", "stream"):
         for name in names:
@@ -268,6 +285,11 @@ def print_table(raw: list[Figures], names: list[str]) -> None:
             cells += [_med(raw, f"{pre}.p50_ms"), _med(raw, f"{pre}.p99_ms")]
             added = [r[f"{pre}.p50_ms"] - r[f"{kind}.direct.p50_ms"] for r in raw]
             cells.append(f"{statistics.median(added):+.2f}")
+            cells += [_med(raw, f"{pre}.open_p50_ms"), _med(raw, f"{pre}.open_p99_ms")]
+            for q in ("open_p50_ms", "open_p99_ms", "open_ttft_p50_ms"):
+                if q == "open_ttft_p50_ms":
+                    cells.append(_med(raw, f"{pre}.{q}"))
+                cells.append(_added(raw, pre, f"{kind}.direct", q))
             cells += [_med(raw, f"{pre}.rps"), _med(raw, f"{pre}.tokens_per_req"), _med(raw, f"{pre}.errors")]
             print(" | ".join(cells))
     if "litellm" in names:

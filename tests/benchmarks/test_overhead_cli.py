@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import overhead  # noqa: E402
+from load import Result, Run  # noqa: E402
 
 
 def test_config_names_accept_base_and_reject_unknown() -> None:
@@ -21,6 +22,16 @@ def test_config_names_accept_base_and_reject_unknown() -> None:
     assert overhead._config_names("base,telemetry-on,dedupe-on") == ["telemetry-on", "dedupe-on"]
     with pytest.raises(SystemExit):
         overhead._config_names("nonsense")
+
+
+def test_errors_stop_the_run_or_are_printed_beside_every_figure(monkeypatch: pytest.MonkeyPatch) -> None:
+    run = Run([Result(0.01, 0.01, 16, 1, True), Result(0.02, 0.02, 0, 0, False, "UNAVAILABLE")])
+    with pytest.raises(overhead.BenchError, match="1 of 2 requests failed"):
+        overhead._check("nonstream_full", run)
+    monkeypatch.setattr(overhead, "ALLOW_ERRORS", True)
+    overhead._check("nonstream_full", run)
+    rounds = [{"nonstream_full.errors": 1.0, "nonstream_full.p50_ms": 3.0}, {"nonstream_full.errors": 2.0}]
+    assert overhead._errors_beside("nonstream_full.p50_ms", rounds) == "  errors=3"
 
 
 @pytest.mark.e2e

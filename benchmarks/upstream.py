@@ -1,11 +1,12 @@
 """A minimal OpenAI-compatible upstream for the peer benchmark: as little CPU per request as possible.
 
-    python benchmarks/upstream.py --port 8100 [--model peer-model]
+    python benchmarks/upstream.py --port 8100 [--model peer-model] [--tokens N]
 
 Plain asyncio HTTP/1.1 with keep-alive, no framework: GET /v1/models, POST /v1/completions and
 /v1/chat/completions, streamed (one chunked write per token, then a usage event when asked, then
 [DONE]) or not. Every reply has max_tokens tokens (16 by default), so whatever sits in front of it
-relays the same work. Loopback only.
+relays the same work; --tokens N caps replies at N, finishing with "stop" as a stop string would
+(it shows a client counting what it got, not what it asked for). Loopback only.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ import orjson
 TOKEN = " tok"
 
 
-def _completion(chat: bool, model: str, n: int, prompt_tokens: int) -> bytes:
+def _completion(chat: bool, model: str, n: int, prompt_tokens: int, finish: str) -> bytes:
     text = TOKEN * n
-    choice: dict[str, object] = {"index": 0, "finish_reason": "length"}
+    choice: dict[str, object] = {"index": 0, "finish_reason": finish}
     if chat:
         choice["message"] = {"role": "assistant", "content": text}
     else:
@@ -42,7 +43,7 @@ def _completion(chat: bool, model: str, n: int, prompt_tokens: int) -> bytes:
     )
 
 
-def _events(chat: bool, model: str, n: int, prompt_tokens: int, usage: bool) -> list[bytes]:
+def _events(chat: bool, model: str, n: int, prompt_tokens: int, usage: bool, finish: str) -> list[bytes]:
     obj = "chat.completion.chunk" if chat else "text_completion"
     head = {"id": "cmpl-peer", "object": obj, "created": int(time.time()), "model": model}
 
@@ -55,7 +56,7 @@ def _events(chat: bool, model: str, n: int, prompt_tokens: int, usage: bool) -> 
         return c
 
     events = [orjson.dumps({**head, "choices": [choice(TOKEN, None)]}) for _ in range(n)]
-    events.append(orjson.dumps({**head, "choices": [choice("", "length")]}))
+    events.append(orjson.dumps({**head, "choices": [choice("", finish)]}))
     if usage:
         totals = {"prompt_tokens": prompt_tokens, "completion_tokens": n, "total_tokens": prompt_tokens + n}
         events.append(orjson.dumps({**head, "choices": [], "usage": totals}))
@@ -70,8 +71,9 @@ def _response(status: str, body: bytes, content_type: bytes = b"application/json
 
 
 class Upstream:
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, cap: int | None = None) -> None:
         self.model = model
+        self.cap = cap
         self.models = _response(
             "200 OK",
             orjson.dumps(
@@ -105,25 +107,27 @@ class Upstream:
 
     async def _complete(self, chat: bool, raw: bytes, writer: asyncio.StreamWriter) -> None:
         req = orjson.loads(raw)
-        n = int(req.get("max_tokens") or req.get("max_completion_tokens") or 16)
+        asked = int(req.get("max_tokens") or req.get("max_completion_tokens") or 16)
+        n = asked if self.cap is None else min(asked, self.cap)
+        finish = "length" if n == asked else "stop"
         prompt = req.get("prompt") or " ".join(str(m.get("content", "")) for m in req.get("messages", ()))
         prompt_tokens = max(1, len(str(prompt).split()))
         if not req.get("stream"):
-            writer.write(_response("200 OK", _completion(chat, self.model, n, prompt_tokens)))
+            writer.write(_response("200 OK", _completion(chat, self.model, n, prompt_tokens, finish)))
             return
         usage = bool((req.get("stream_options") or {}).get("include_usage"))
         writer.write(
             b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
         )
-        for event in _events(chat, self.model, n, prompt_tokens, usage):
+        for event in _events(chat, self.model, n, prompt_tokens, usage, finish):
             writer.write(f"{len(event):x}\r\n".encode() + event + b"\r\n")
             await writer.drain()
             await asyncio.sleep(0)  # one write per event, as a token-by-token server would
         writer.write(b"0\r\n\r\n")
 
 
-async def serve(port: int, model: str) -> None:
-    upstream = Upstream(model)
+async def serve(port: int, model: str, cap: int | None) -> None:
+    upstream = Upstream(model, cap)
     server = await asyncio.start_server(upstream.handle, "127.0.0.1", port, backlog=1024)
     async with server:
         await server.serve_forever()
@@ -135,6 +139,7 @@ def main() -> None:
     )
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--model", default="peer-model")
+    parser.add_argument("--tokens", type=int, default=None, help="cap every reply at this many tokens")
     args = parser.parse_args()
     try:
         import uvloop
@@ -142,7 +147,7 @@ def main() -> None:
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(serve(args.port, args.model))
+    asyncio.run(serve(args.port, args.model, args.tokens))
 
 
 if __name__ == "__main__":

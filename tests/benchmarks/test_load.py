@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+from aftershock.ports import free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from load import Result, SseCounter, closed_loop, open_loop
+from load import HttpTarget, Result, SseCounter, closed_loop, open_loop
 
 STREAM = (
     b'data: {"choices":[{"index":0,"text":" a","finish_reason":null}],"usage":null}\n\n'
@@ -76,3 +80,34 @@ async def test_open_loop_latency_counts_from_the_scheduled_arrival() -> None:
     late = sorted(r.latency_s for r in run.results)
     assert len(late) > 20
     assert late[len(late) // 2] > 0.05  # most requests were due during the stall
+
+
+@pytest.fixture
+def short_upstream() -> Iterator[str]:
+    """benchmarks/upstream.py replying with 5 tokens whatever max_tokens asks, as a stop string would."""
+    port = free_port()
+    root = Path(__file__).resolve().parents[2]
+    cmd = [sys.executable, str(root / "benchmarks" / "upstream.py"), "--port", str(port), "--tokens", "5"]
+    proc = subprocess.Popen(cmd)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_tokens_are_what_came_back_not_what_was_asked(short_upstream: str, stream: bool) -> None:
+    target = HttpTarget(short_upstream, "peer-model", 16, stream, 4)
+    try:
+        result = await target.send(0, time.perf_counter())
+    finally:
+        await target.close()
+    assert result.ok and result.tokens == 5

@@ -31,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from aftershock.stack import Stack, StackConfig  # noqa: E402
+from discard_receiver import DiscardReceiver  # noqa: E402
 from load import GrpcTarget, HttpTarget, Run, closed_loop, open_loop, percentile  # noqa: E402
 from procstat import CpuWindow, rss_bytes  # noqa: E402
 
@@ -159,28 +160,6 @@ CONFIGS: dict[str, BenchConfig] = {
 }
 # "base" is the configuration BENCHMARKS.md's targets are set for.
 ALIASES = {"base": "telemetry-on"}
-
-
-class DiscardReceiver:
-    """An OTLP/gRPC endpoint that accepts and drops spans, so export cost is real but nothing piles up."""
-
-    def __init__(self) -> None:
-        from concurrent import futures
-
-        import grpc
-        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
-
-        class Discard(trace_service_pb2_grpc.TraceServiceServicer):
-            def Export(self, request: Any, context: Any) -> Any:
-                return trace_service_pb2.ExportTraceServiceResponse()
-
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Discard(), self._server)
-        self.port = self._server.add_insecure_port("127.0.0.1:0")
-        self._server.start()
-
-    def stop(self) -> None:
-        self._server.stop(0)
 
 
 def _derive(f: Figures) -> Figures:

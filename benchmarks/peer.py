@@ -36,34 +36,16 @@ sys.path.insert(0, str(HERE))
 
 from aftershock.ports import free_port  # noqa: E402
 from aftershock.stack import Stack, StackConfig  # noqa: E402
+from discard_receiver import DiscardReceiver  # noqa: E402
+from litellm_proxy import LITELLM_VERSION, litellm_bin, litellm_config  # noqa: E402
 from load import HttpTarget, Run, closed_loop, open_loop, percentile  # noqa: E402
-from overhead import DiscardReceiver  # noqa: E402
 from procstat import CpuWindow  # noqa: E402
 
 MODEL = "peer-model"
-LITELLM_VERSION = "1.106.2"
 # Well below saturation for every target here (LiteLLM streams saturate at a few per second on this
 # shared machine), so latency measures the hops, not a queue.
 OPEN_RATE = 10.0
 Figures = dict[str, float]
-
-
-def litellm_bin(version: str, log: Path) -> Path:
-    """The pinned LiteLLM proxy, installed into .bench/ when missing."""
-    venv = ROOT / ".bench" / f"litellm-{version}"
-    exe = venv / "bin" / "litellm"
-    if exe.exists():
-        return exe
-    print(f"installing litellm[proxy]=={version} into {venv} (once)...", file=sys.stderr)
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    with log.open("ab") as out:
-        subprocess.run(
-            [str(venv / "bin" / "pip"), "install", "-q", f"litellm[proxy]=={version}"],
-            check=True,
-            stdout=out,
-            stderr=out,
-        )
-    return exe
 
 
 def _wait_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes]) -> None:
@@ -96,28 +78,6 @@ def process(cmd: list[str], log: Path, ready_url: str, env: dict[str, str] | Non
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
-
-
-def litellm_config(path: Path, upstream: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        json.dumps(
-            {
-                "model_list": [
-                    {
-                        "model_name": MODEL,
-                        "litellm_params": {
-                            "model": f"openai/{MODEL}",
-                            "api_base": upstream,
-                            "api_key": "none",
-                        },
-                    }
-                ],
-                "litellm_settings": {"telemetry": False, "drop_params": True},
-            }
-        )
-    )
-    return path
 
 
 async def measure(
@@ -210,7 +170,7 @@ def main() -> int:
             exe = litellm_bin(args.litellm_version, logs / "litellm-install.log")
             key = "sk-" + secrets.token_hex(16)
             ll_port = free_port()
-            cfg = litellm_config(logs / "litellm.json", upstream)
+            cfg = litellm_config(logs / "litellm.json", upstream, MODEL)
             cmd = [str(exe), "--config", str(cfg), "--host", "127.0.0.1", "--port", str(ll_port)]
             ll_pid = ctx.enter_context(
                 process(

@@ -1,7 +1,11 @@
 """Load generators: closed loop, open (Poisson) loop and streams, over HTTP (edge) or gRPC (direct).
 
-The generator runs in its own process and shares the 2 cores with the services, so it is kept
-lean: one event loop, pooled connections, bodies pre-encoded.
+The generator runs in its own process and shares the cores with the services, so it is kept lean:
+one event loop, pooled connections, bodies pre-encoded.
+
+Every request is timed from the moment it was due: in a closed loop that is when a worker picks it
+up, in an open loop its scheduled arrival, so a generator that falls behind shows up as latency
+instead of hiding it (coordinated omission). A failed request is kept as a Result with its error.
 """
 
 from __future__ import annotations
@@ -15,8 +19,8 @@ from dataclasses import dataclass, field
 import grpc
 import httpx
 import orjson
+from aftershock.v1 import backend_pb2_grpc, inference_pb2_grpc
 from aftershock.v1 import generation_pb2 as pb
-from aftershock.v1 import inference_pb2_grpc
 
 
 @dataclass
@@ -28,6 +32,7 @@ class Result:
     tokens: int
     messages: int
     ok: bool
+    error: str = ""
 
 
 @dataclass
@@ -38,6 +43,13 @@ class Run:
     def ok(self) -> list[Result]:
         return [r for r in self.results if r.ok]
 
+    def errors(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.results:
+            if not r.ok:
+                out[r.error or "unknown"] = out.get(r.error or "unknown", 0) + 1
+        return out
+
 
 def percentile(values: list[float], q: float) -> float:
     if not values:
@@ -47,63 +59,136 @@ def percentile(values: list[float], q: float) -> float:
     return s[k]
 
 
-Send = Callable[[int], Awaitable[Result]]
+# send(i, due): request number i, due at perf_counter() time `due`.
+Send = Callable[[int, float], Awaitable[Result]]
+
+
+class SseCounter:
+    """Reads an OpenAI SSE stream chunk by chunk, whatever the chunk boundaries.
+
+    Events are split on blank lines across reads, so `data: [DONE]` or a usage event cut in two by
+    the transport is still found. Tokens come from the stream's own usage event (requested with
+    `stream_options.include_usage`); without one, every content event counts as one token.
+    """
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self.events = 0  # data events before [DONE], the usage-only event included
+        self.content_events = 0
+        self.usage_tokens: int | None = None
+        self.done = False
+        self.error = ""
+
+    def feed(self, chunk: bytes) -> None:
+        self._buf += chunk
+        *events, self._buf = self._buf.split(b"\n\n")
+        for event in events:
+            data = event.strip()
+            if not data.startswith(b"data:"):
+                continue
+            data = data[5:].strip()
+            if data == b"[DONE]":
+                self.done = True
+                continue
+            self.events += 1
+            if b'"error"' in data and b'"choices"' not in data:
+                self.error = "stream_error_event"
+            elif b'"usage":{' in data or b'"usage": {' in data:
+                msg = orjson.loads(data)
+                self.usage_tokens = int(msg["usage"]["completion_tokens"])
+                if any(_text(c) for c in msg.get("choices") or ()):
+                    self.content_events += 1
+            elif b'"text":""' not in data and b'"content":""' not in data:
+                self.content_events += 1
+
+    @property
+    def tokens(self) -> int:
+        return self.usage_tokens if self.usage_tokens is not None else self.content_events
+
+
+def _text(choice: dict[str, object]) -> str:
+    delta = choice.get("delta")
+    if isinstance(delta, dict):
+        return str(delta.get("content") or "")
+    return str(choice.get("text") or "")
 
 
 class HttpTarget:
-    """POST /v1/completions on the edge; stream=True counts SSE events as messages."""
+    """POST /v1/completions (or chat) on an OpenAI-compatible server: the edge, LiteLLM, the upstream."""
 
     # Set by the benchmark for the dedupe-on configuration: every request carries a fresh key.
     idempotency_prefix: str | None = None
 
-    def __init__(self, base_url: str, model: str, max_tokens: int, stream: bool, connections: int) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        max_tokens: int,
+        stream: bool,
+        connections: int,
+        *,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.client = httpx.AsyncClient(
             base_url=base_url, timeout=60, limits=httpx.Limits(max_connections=connections)
         )
         self.stream = stream
-        self.body = {"model": model, "prompt": "benchmark prompt", "max_tokens": max_tokens, "seed": 1}
+        self.max_tokens = max_tokens
+        self.headers = {"content-type": "application/json", **(headers or {})}
+        self.body: dict[str, object] = {
+            "model": model,
+            "prompt": "benchmark prompt",
+            "max_tokens": max_tokens,
+            "stream": stream,
+        }
+        if stream:
+            self.body["stream_options"] = {"include_usage": True}
 
-    async def send(self, i: int) -> Result:
-        start = time.perf_counter()
-        body = orjson.dumps({**self.body, "seed": i, "stream": self.stream})
-        headers = {"content-type": "application/json"}
+    async def send(self, i: int, due: float) -> Result:
+        body = orjson.dumps({**self.body, "seed": i})
+        headers = self.headers
         if self.idempotency_prefix is not None:
-            headers["idempotency-key"] = f"{self.idempotency_prefix}-{self.stream}-{i}-{time.monotonic_ns()}"
+            key = f"{self.idempotency_prefix}-{self.stream}-{i}-{time.monotonic_ns()}"
+            headers = {**headers, "idempotency-key": key}
         if not self.stream:
             resp = await self.client.post("/v1/completions", content=body, headers=headers)
             done = time.perf_counter()
-            ok = resp.status_code == 200
-            tokens = resp.json()["usage"]["completion_tokens"] if ok else 0
-            return Result(done - start, done - start, tokens, 1, ok)
+            if resp.status_code != 200:
+                return Result(done - due, done - due, 0, 1, False, f"http_{resp.status_code}")
+            tokens = int(resp.json()["usage"]["completion_tokens"])
+            return Result(done - due, done - due, tokens, 1, True)
         ttft = 0.0
-        events = 0
-        ok = False
+        sse = SseCounter()
+        status = 0
         async with self.client.stream("POST", "/v1/completions", content=body, headers=headers) as resp:
+            status = resp.status_code
             async for chunk in resp.aiter_raw():
                 if not ttft:
-                    ttft = time.perf_counter() - start
-                events += chunk.count(b"\n\ndata: ") + (1 if chunk.startswith(b"data: ") else 0)
-                if chunk.endswith(b"data: [DONE]\n\n"):
-                    ok = True
+                    ttft = time.perf_counter() - due
+                sse.feed(chunk)
         done = time.perf_counter()
-        # The closing event carries finish_reason and [DONE]; content events are the rest.
-        return Result(done - start, ttft, int(self.body["max_tokens"]), max(0, events - 2), ok)
+        error = "" if status == 200 else f"http_{status}"
+        error = error or sse.error or ("" if sse.done else "no_done")
+        return Result(done - due, ttft, sse.tokens, sse.events, not error, error)
 
     async def close(self) -> None:
         await self.client.aclose()
 
 
 class GrpcTarget:
-    """Inference.Generate directly, the baseline the full path is compared with."""
+    """Generate over gRPC on the inference service (direct) or the backend: clients of one kind."""
 
-    def __init__(self, target: str, model: str, max_tokens: int, stream: bool) -> None:
+    def __init__(
+        self, target: str, model: str, max_tokens: int, stream: bool, *, backend: bool = False
+    ) -> None:
         self.channel = grpc.aio.insecure_channel(target)
-        self.stub = inference_pb2_grpc.InferenceStub(self.channel)
+        stub = backend_pb2_grpc.BackendStub if backend else inference_pb2_grpc.InferenceStub
+        self.stub = stub(self.channel)
         self.stream = stream
         self.model = model
         self.max_tokens = max_tokens
 
-    async def send(self, i: int) -> Result:
+    async def send(self, i: int, due: float) -> Result:
         req = pb.GenerateRequest(
             request_id=str(i),
             model=self.model,
@@ -111,20 +196,27 @@ class GrpcTarget:
             stream=self.stream,
             sampling=pb.SamplingParams(max_tokens=self.max_tokens, seed=i),
         )
-        start = time.perf_counter()
         ttft = 0.0
         messages = 0
         tokens = 0
+        finished = False
         async for msg in self.stub.Generate(req, timeout=60):
             if not ttft:
-                ttft = time.perf_counter() - start
+                ttft = time.perf_counter() - due
             messages += 1
             tokens = msg.completion_tokens
+            finished = finished or msg.finish_reason != pb.FINISH_REASON_UNSPECIFIED
         done = time.perf_counter()
-        return Result(done - start, ttft, tokens, messages, tokens == self.max_tokens)
+        return Result(done - due, ttft, tokens, messages, finished, "" if finished else "no_finish")
 
     async def close(self) -> None:
         await self.channel.close()
+
+
+def _failed(due: float, exc: BaseException) -> Result:
+    now = time.perf_counter()
+    code = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else type(exc).__name__
+    return Result(now - due, now - due, 0, 0, False, code)
 
 
 async def closed_loop(send: Send, concurrency: int, total: int) -> Run:
@@ -133,10 +225,11 @@ async def closed_loop(send: Send, concurrency: int, total: int) -> Run:
 
     async def worker() -> None:
         for i in counter:
+            due = time.perf_counter()
             try:
-                run.results.append(await send(i))
-            except Exception:
-                run.results.append(Result(0, 0, 0, 0, False))
+                run.results.append(await send(i, due))
+            except Exception as exc:  # kept and reported, never dropped
+                run.results.append(_failed(due, exc))
 
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -145,27 +238,27 @@ async def closed_loop(send: Send, concurrency: int, total: int) -> Run:
 
 
 async def open_loop(send: Send, rate: float, duration_s: float, seed: int = 1) -> Run:
-    """Poisson arrivals at `rate` per second; each request runs in its own task."""
+    """Poisson arrivals at `rate` per second; each request runs in its own task, timed from when due."""
     run = Run()
     rng = random.Random(seed)
     tasks: list[asyncio.Task[None]] = []
 
-    async def one(i: int) -> None:
+    async def one(i: int, due: float) -> None:
         try:
-            run.results.append(await send(i))
-        except Exception:
-            run.results.append(Result(0, 0, 0, 0, False))
+            run.results.append(await send(i, due))
+        except Exception as exc:
+            run.results.append(_failed(due, exc))
 
     start = time.perf_counter()
-    next_at = start
+    due = start
     i = 0
-    while next_at - start < duration_s:
-        delay = next_at - time.perf_counter()
+    while due - start < duration_s:
+        delay = due - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(i)))
+        tasks.append(asyncio.create_task(one(i, due)))
         i += 1
-        next_at += rng.expovariate(rate)
+        due += rng.expovariate(rate)
     await asyncio.gather(*tasks)
     run.wall_s = time.perf_counter() - start
     return run

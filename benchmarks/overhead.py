@@ -1,11 +1,17 @@
 """What the edge → backend → inference path costs, measured against the inference service alone.
 
     .venv/bin/python benchmarks/overhead.py [--rounds 3] [--quick] [--configs base,telemetry-off]
+        [--allow-errors]
 
 Starts real processes on free ports (aftershock.stack), runs every scenario of BENCHMARKS.md for
 each configuration, interleaving configurations round by round, prints median [min-max] per
 figure and writes the raw numbers as JSON. CPU comes from /proc/<pid>/stat (all threads) over
-each measured window; warm-up is excluded.
+each measured window, redis-server's included when dedupe is on; warm-up is excluded.
+
+A failed request stops the run, unless --allow-errors: then CPU is still divided by every request
+sent and each figure is printed beside its scenario's error count. "Added latency" compares
+clients of one kind: the backend and the inference service both over gRPC (the backend's hop);
+the edge's HTTP figures are absolute here, and benchmarks/peer.py compares HTTP with HTTP.
 """
 
 from __future__ import annotations
@@ -25,10 +31,24 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from aftershock.stack import Stack, StackConfig  # noqa: E402
+from discard_receiver import DiscardReceiver  # noqa: E402
 from load import GrpcTarget, HttpTarget, Run, closed_loop, open_loop, percentile  # noqa: E402
 from procstat import CpuWindow, rss_bytes  # noqa: E402
 
 Figures = dict[str, float]
+
+
+class BenchError(RuntimeError):
+    """A measured scenario had failed requests and --allow-errors was not given."""
+
+
+ALLOW_ERRORS = False  # set from --allow-errors in main()
+
+
+def _check(name: str, run: Run) -> None:
+    errs = run.errors()
+    if errs and not ALLOW_ERRORS:
+        raise BenchError(f"{name}: {sum(errs.values())} of {len(run.results)} requests failed: {errs}")
 
 
 def _lat(run: Run, prefix: str) -> Figures:
@@ -42,6 +62,7 @@ def _lat(run: Run, prefix: str) -> Figures:
         f"{prefix}.ttft_p50_ms": percentile(ttft, 50),
         f"{prefix}.ttft_p99_ms": percentile(ttft, 99),
         f"{prefix}.errors": float(len(run.results) - len(ok)),
+        f"{prefix}.requests": float(len(run.results)),
         f"{prefix}.rps": len(ok) / run.wall_s if run.wall_s else 0.0,
         f"{prefix}.tokens_per_s": sum(r.tokens for r in ok) / run.wall_s if run.wall_s else 0.0,
     }
@@ -51,7 +72,10 @@ async def _scenarios(stack: Stack, scale: float, open_s: float) -> Figures:
     assert stack.edge and stack.backend
     inf = stack.inference[0]
     pids = {"edge": stack.edge.popen.pid, "backend": stack.backend.popen.pid, "inference": inf.popen.pid}
+    if stack.redis is not None:  # dedupe's Redis calls are part of what a keyed request costs
+        pids["redis"] = stack.redis.popen.pid
     direct = f"127.0.0.1:{inf.port}"
+    backend = stack.backend_target
     out: Figures = {}
     n_req = int(2000 * scale)
     n_streams = int(640 * scale)
@@ -66,11 +90,12 @@ async def _scenarios(stack: Stack, scale: float, open_s: float) -> Figures:
             spent = cpu.stop()
         finally:
             await target.close()
-        ok = run.ok()
-        tokens = sum(r.tokens for r in ok) or 1
-        messages = sum(r.messages for r in ok) or 1
+        _check(name, run)
+        # Failed requests cost CPU too: divide by everything sent, tokens as the stream counted them.
+        tokens = sum(r.tokens for r in run.results) or 1
+        messages = sum(r.messages for r in run.results) or 1
         for proc, seconds in spent.items():
-            out[f"{name}.cpu_ms_per_req.{proc}"] = seconds * 1000 / max(1, len(ok))
+            out[f"{name}.cpu_ms_per_req.{proc}"] = seconds * 1000 / max(1, len(run.results))
             out[f"{name}.cpu_us_per_token.{proc}"] = seconds * 1e6 / tokens
         out[f"{name}.tokens_per_message"] = tokens / messages
         out.update(_lat(run, name))
@@ -86,23 +111,29 @@ async def _scenarios(stack: Stack, scale: float, open_s: float) -> Figures:
     await measured(
         "stream_full", lambda: HttpTarget(stack.edge_url, "bench-zero", 64, True, 64), 64, n_streams
     )
-    paced = max(64, n_streams // 2)
+    paced = max(64, n_streams // 4) if scale < 1 else n_streams // 2
     await measured("paced_full", lambda: HttpTarget(stack.edge_url, "bench-paced", 64, True, 64), 64, paced)
     # 3. Open loop: Poisson arrivals at 50 req/s, non-stream latency and streamed TTFT.
     for name, make in (
         ("open_nonstream_direct", lambda: GrpcTarget(direct, "bench-zero", 16, False)),
+        ("open_nonstream_backend", lambda: GrpcTarget(backend, "bench-zero", 16, False, backend=True)),
         ("open_nonstream_full", lambda: HttpTarget(stack.edge_url, "bench-zero", 16, False, 128)),
         ("open_stream_direct", lambda: GrpcTarget(direct, "bench-zero", 16, True)),
+        ("open_stream_backend", lambda: GrpcTarget(backend, "bench-zero", 16, True, backend=True)),
         ("open_stream_full", lambda: HttpTarget(stack.edge_url, "bench-zero", 16, True, 128)),
     ):
         target = make()
         try:
-            await open_loop(target.send, 50, 2.0)  # warm-up
-            out.update(_lat(await open_loop(target.send, 50, open_s), name))
+            await open_loop(target.send, 50, min(2.0, open_s / 2))  # warm-up
+            run = await open_loop(target.send, 50, open_s)
+            _check(name, run)
+            out.update(_lat(run, name))
         finally:
             await target.close()
     # 6. Peak RSS over the whole run (VmHWM: the high-water mark).
     for proc, pid in pids.items():
+        if proc == "redis":
+            continue
         out[f"peak_rss_mib.{proc}"] = rss_bytes(pid, "VmHWM") / 2**20
     return out
 
@@ -127,42 +158,29 @@ CONFIGS: dict[str, BenchConfig] = {
     # As telemetry-off, plus dedupe on every request (real redis-server, unique keys).
     "dedupe-on": BenchConfig(_all({"OTEL_SDK_DISABLED": "true"}), dedupe=True),
 }
-
-
-class _DiscardReceiver:
-    """An OTLP/gRPC endpoint that accepts and drops spans, so export cost is real but nothing piles up."""
-
-    def __init__(self) -> None:
-        from concurrent import futures
-
-        import grpc
-        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
-
-        class Discard(trace_service_pb2_grpc.TraceServiceServicer):
-            def Export(self, request: Any, context: Any) -> Any:
-                return trace_service_pb2.ExportTraceServiceResponse()
-
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Discard(), self._server)
-        self.port = self._server.add_insecure_port("127.0.0.1:0")
-        self._server.start()
-
-    def stop(self) -> None:
-        self._server.stop(0)
+# "base" is the configuration BENCHMARKS.md's targets are set for.
+ALIASES = {"base": "telemetry-on"}
 
 
 def _derive(f: Figures) -> Figures:
     d: Figures = {}
+    # Same client kind on both sides (gRPC): what the backend hop adds. The edge speaks only HTTP,
+    # so its share is read from benchmarks/peer.py (HTTP client against HTTP upstream).
     for q in ("p50", "p95", "p99"):
-        d[f"added_latency_closed32.{q}_ms"] = f[f"nonstream_full.{q}_ms"] - f[f"nonstream_direct.{q}_ms"]
-        d[f"added_latency_open50.{q}_ms"] = (
-            f[f"open_nonstream_full.{q}_ms"] - f[f"open_nonstream_direct.{q}_ms"]
+        d[f"added_latency_backend_hop_open50.{q}_ms"] = (
+            f[f"open_nonstream_backend.{q}_ms"] - f[f"open_nonstream_direct.{q}_ms"]
         )
-    d["added_ttft_open50.p50_ms"] = f["open_stream_full.ttft_p50_ms"] - f["open_stream_direct.ttft_p50_ms"]
+    d["added_ttft_backend_hop_open50.p50_ms"] = (
+        f["open_stream_backend.ttft_p50_ms"] - f["open_stream_direct.ttft_p50_ms"]
+    )
     d["stream_tokens_per_s_ratio"] = f["stream_full.tokens_per_s"] / f["stream_direct.tokens_per_s"]
     for scen in ("nonstream_full", "stream_full", "paced_full"):
         unit = "cpu_ms_per_req" if scen == "nonstream_full" else "cpu_us_per_token"
         d[f"{scen}.{unit}.edge+backend"] = f[f"{scen}.{unit}.edge"] + f[f"{scen}.{unit}.backend"]
+        if f"{scen}.{unit}.redis" in f:
+            d[f"{scen}.{unit}.edge+backend+redis"] = (
+                d[f"{scen}.{unit}.edge+backend"] + f[f"{scen}.{unit}.redis"]
+            )
     return d
 
 
@@ -171,17 +189,43 @@ def _fmt(values: list[float]) -> str:
     return f"{med:10.3f}  [{min(values):.3f} - {max(values):.3f}]"
 
 
+def _errors_beside(key: str, rounds: list[Figures]) -> str:
+    """The failed requests of the scenario a figure comes from, summed over rounds."""
+    scen = key.split(".", 1)[0]
+    n = sum(r.get(f"{scen}.errors", 0.0) for r in rounds)
+    return f"  errors={n:.0f}" if f"{scen}.errors" in rounds[0] else ""
+
+
+def _config_names(arg: str) -> list[str]:
+    names = [ALIASES.get(c, c) for c in arg.split(",") if c]
+    unknown = [c for c in names if c not in CONFIGS]
+    if unknown or not names:
+        raise SystemExit(
+            f"unknown configuration {unknown}: choose from {sorted(CONFIGS)} or {sorted(ALIASES)}"
+        )
+    return list(dict.fromkeys(names))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="smaller runs and 5 s open loops (smoke test)")
-    parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma list of {sorted(CONFIGS)}")
+    parser.add_argument("--quick", action="store_true", help="tiny runs and 2 s open loops (smoke test)")
+    parser.add_argument(
+        "--configs", default=",".join(CONFIGS), help=f"comma list of {sorted(CONFIGS)} (base: telemetry-on)"
+    )
     parser.add_argument("--out", type=Path, default=Path("reports/bench"))
+    parser.add_argument(
+        "--allow-errors",
+        action="store_true",
+        help="keep going when requests fail; errors printed beside figures",
+    )
     args = parser.parse_args()
-    names = [c for c in args.configs.split(",") if c]
-    receiver = _DiscardReceiver()
+    global ALLOW_ERRORS
+    ALLOW_ERRORS = args.allow_errors
+    names = _config_names(args.configs)
+    receiver = DiscardReceiver()
     CONFIGS["telemetry-on"] = BenchConfig(
         _all(
             {
@@ -190,7 +234,7 @@ def main() -> int:
             }
         )
     )
-    scale, open_s = (0.25, 5.0) if args.quick else (1.0, 20.0)
+    scale, open_s = (0.1, 2.0) if args.quick else (1.0, 20.0)
     raw: dict[str, list[Figures]] = {n: [] for n in names}
     for rnd in range(args.rounds):
         for name in names:  # interleave configurations round by round
@@ -206,7 +250,12 @@ def main() -> int:
             HttpTarget.idempotency_prefix = f"bench-{rnd}" if bench.dedupe else None
             with Stack(config) as stack:
                 stack.start()
-                figures = asyncio.run(_scenarios(stack, scale, open_s))
+                try:
+                    figures = asyncio.run(_scenarios(stack, scale, open_s))
+                except BenchError as exc:
+                    receiver.stop()
+                    print(f"benchmark stopped, {name} round {rnd + 1}: {exc}", file=sys.stderr)
+                    return 1
             figures.update(_derive(figures))
             raw[name].append(figures)
             print(f"round {rnd + 1}/{args.rounds} {name}: {time.monotonic() - started:.0f}s", file=sys.stderr)
@@ -219,15 +268,16 @@ def main() -> int:
     for name in names:
         print(f"\n== {name}: median [min - max] over {args.rounds} rounds")
         for key in keys:
-            print(f"{key:48s} {_fmt([r[key] for r in raw[name]])}")
+            print(f"{key:48s} {_fmt([r[key] for r in raw[name]])}{_errors_beside(key, raw[name])}")
     pairs = [("telemetry-on", "telemetry-off"), ("dedupe-on", "telemetry-off")]
     for a_name, b_name in pairs:
         if a_name in raw and b_name in raw:
             print(f"\n== {a_name} minus {b_name}: median [min - max] of per-round differences")
-            for key in keys:
+            for key in sorted(set(raw[a_name][0]) & set(raw[b_name][0])):
                 if "cpu" in key or key.endswith(("p50_ms", "p99_ms")):
                     diffs = [a[key] - b[key] for a, b in zip(raw[a_name], raw[b_name], strict=True)]
-                    print(f"{key:48s} {_fmt(diffs)}")
+                    errs = _errors_beside(key, raw[a_name] + raw[b_name])
+                    print(f"{key:48s} {_fmt(diffs)}{errs}")
     receiver.stop()
     print(f"\nraw results: {path}")
     return 0

@@ -15,6 +15,28 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU of a process and every live descendant (a server that forks workers, e.g. LiteLLM's)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            total += cpu_seconds(p)
+        except OSError:
+            continue
+        todo.extend(children.get(p, ()))
+    return total
+
+
 def rss_bytes(pid: int, field: str = "VmRSS") -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -28,9 +50,14 @@ class CpuWindow:
     """CPU seconds each named process spent between start() and stop()."""
 
     pids: dict[str, int]
+    # Count each process's live descendants too.
+    tree: bool = False
+
+    def _read(self, pid: int) -> float:
+        return tree_cpu_seconds(pid) if self.tree else cpu_seconds(pid)
 
     def start(self) -> None:
-        self._start = {n: cpu_seconds(p) for n, p in self.pids.items()}
+        self._start = {n: self._read(p) for n, p in self.pids.items()}
 
     def stop(self) -> dict[str, float]:
-        return {n: cpu_seconds(p) - self._start[n] for n, p in self.pids.items()}
+        return {n: self._read(p) - self._start[n] for n, p in self.pids.items()}

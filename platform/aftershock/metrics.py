@@ -249,6 +249,20 @@ class EngineMetrics:
             ["model_name", "finished_reason"],
             registry=registry,
         )
+        # Counted in prompt tokens, as vLLM does (vllm/v1/metrics/loggers.py); vLLM also labels them
+        # by `engine` (its engine-core index), which a one-engine replica does not need.
+        self.prefix_cache_queries_total = Counter(
+            "vllm:prefix_cache_queries",
+            "Prefix cache queries, in prompt tokens looked up.",
+            ["model_name"],
+            registry=registry,
+        )
+        self.prefix_cache_hits_total = Counter(
+            "vllm:prefix_cache_hits",
+            "Prefix cache hits, in prompt tokens found cached.",
+            ["model_name"],
+            registry=registry,
+        )
         self.faults_injected_total = Counter(
             "aftershock_engine_faults_injected",
             "Status-level faults injected by the simulator engine.",

@@ -11,7 +11,7 @@ from aftershock.inference.engine import ChatTurn, render_chat
 from aftershock.inference.sim_config import SimModelConfig
 from aftershock.inference.sim_tokens import count_prompt_tokens, expected_text
 from aftershock.v1 import generation_pb2 as pb
-from aftershock.v1 import inference_pb2_grpc
+from aftershock.v1 import inference_pb2, inference_pb2_grpc
 
 from tests.inproc import (
     RunningInference,
@@ -199,3 +199,15 @@ async def test_list_models(stub: inference_pb2_grpc.InferenceStub) -> None:
     tight = by_name["tight"]
     assert (tight.max_model_len, tight.max_output_tokens, tight.engine) == (64, 16, "sim")
     assert (tight.ready_replicas, tight.total_replicas) == (1, 1)
+
+
+async def test_get_load_reports_the_engines_load(stub: inference_pb2_grpc.InferenceStub) -> None:
+    """What the backend's load-aware placement polls: running, waiting and KV cache usage."""
+    long_prompt = " ".join(f"w{i}" for i in range(40))  # two full blocks of 16 and a partial one
+    call = stub.Generate(generate_request("slow", long_prompt, max_tokens=40, seed=1))
+    first = await call.read()
+    assert first.tokens
+    load = await stub.GetLoad(inference_pb2.GetLoadRequest())
+    assert (load.running, load.waiting) == (1, 0)
+    assert load.kv_cache_usage > 0
+    call.cancel()

@@ -2,7 +2,8 @@
 
 Each model has a scheduler loop doing continuous batching: up to `max_num_seqs` sequences run, the
 rest wait in a FIFO queue; a scheduled request produces its first token after `ttft_s` plus a prefill
-time that grows with its prompt, then one token every `itl_s`. Tokens are a deterministic function of
+time that grows with the part of its prompt not found in the replica's prefix cache (see
+prefix_cache.py), then one token every `itl_s`. Tokens are a deterministic function of
 (model, prompt, seed). Consumers are woken once per step and take every token ready since their last
 read, so a slow reader gets several tokens per message instead of a backlog of messages.
 """
@@ -27,8 +28,9 @@ from aftershock.inference.engine import (
     render_chat,
 )
 from aftershock.inference.load import EngineLoad
+from aftershock.inference.prefix_cache import Allocation, PrefixCache
 from aftershock.inference.sim_config import SimModelConfig
-from aftershock.inference.sim_tokens import TokenStream, count_prompt_tokens
+from aftershock.inference.sim_tokens import TokenStream, count_prompt_tokens, prompt_tokens
 from aftershock.metrics import EngineMetrics
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,7 @@ class _Sequence:
     """One request inside the simulator."""
 
     __slots__ = (
+        "alloc",
         "arrival",
         "buffer",
         "completion_tokens",
@@ -48,6 +51,7 @@ class _Sequence:
         "last_token_at",
         "max_tokens",
         "next_token_at",
+        "prompt",
         "prompt_tokens",
         "request",
         "scheduled_at",
@@ -61,7 +65,9 @@ class _Sequence:
     ) -> None:
         self.request = request
         self.tokens = TokenStream(request.model, prompt, seed)
+        self.prompt = prompt
         self.prompt_tokens = count_prompt_tokens(prompt)
+        self.alloc: Allocation | None = None
         self.max_tokens = request.max_tokens
         self.stop = request.stop
         self.arrival = arrival
@@ -82,6 +88,7 @@ class _ModelScheduler:
         self.cfg = cfg
         self.clock = clock
         self.stats = stats
+        self.cache = PrefixCache(cfg.block_size, cfg.kv_cache_blocks)
         self.waiting: deque[_Sequence] = deque()
         self.running: list[_Sequence] = []
         # Earliest deadline among waiting requests: the queue is only scanned once it has passed.
@@ -98,6 +105,8 @@ class _ModelScheduler:
         self.c_prompt = metrics.prompt_tokens_total.labels(m)
         self.c_gen = metrics.generation_tokens_total.labels(m)
         self.c_finished = {r: metrics.request_success_total.labels(m, r) for r in ("stop", "length", "abort")}
+        self.c_cache_queries = metrics.prefix_cache_queries_total.labels(m)
+        self.c_cache_hits = metrics.prefix_cache_hits_total.labels(m)
 
     def submit(self, seq: _Sequence) -> None:
         if len(self.waiting) >= self.cfg.max_waiting:
@@ -128,6 +137,8 @@ class _ModelScheduler:
 
     def _finish(self, seq: _Sequence, reason: FinishReason, now: float) -> None:
         seq.finish = reason
+        if seq.alloc is not None:
+            self.cache.release(seq.alloc)
         seq.event.set()
         self.c_finished[reason].inc()
         self.stats.finished += 1
@@ -139,23 +150,32 @@ class _ModelScheduler:
     def _update_gauges(self) -> None:
         self.g_running.set(len(self.running))
         self.g_waiting.set(len(self.waiting))
-        self.g_kv.set(self.kv_cache_usage())
-
-    def kv_cache_usage(self) -> float:
-        used = sum(s.prompt_tokens + s.completion_tokens for s in self.running)
-        return min(1.0, used / self.cfg.kv_cache_tokens)
+        self.g_kv.set(self.cache.usage)
 
     def _admit(self, now: float) -> None:
         cfg = self.cfg
         while self.waiting and len(self.running) < cfg.max_num_seqs:
             seq = self.waiting.popleft()
             seq.scheduled_at = now
+            hit = self._allocate(seq)
             seq.next_token_at = (
-                now + cfg.ttft_s + cfg.prefill_s_per_token * seq.prompt_tokens + seq.next_token_at
+                now + cfg.ttft_s + cfg.prefill_s_per_token * (seq.prompt_tokens - hit) + seq.next_token_at
             )
             self.h_queue.observe(now - seq.arrival)
             self.c_prompt.inc(seq.prompt_tokens)
             self.running.append(seq)
+
+    def _allocate(self, seq: _Sequence) -> int:
+        """Take KV blocks for a request being scheduled; returns its prompt tokens found cached."""
+        tokens = prompt_tokens(seq.prompt)
+        if not self.cfg.enable_prefix_caching:
+            # Still holds blocks (usage counts them) but finds and leaves nothing to share.
+            seq.alloc = self.cache.hold(len(tokens))
+            return 0
+        seq.alloc = self.cache.acquire(tokens)
+        self.c_cache_queries.inc(len(tokens))
+        self.c_cache_hits.inc(seq.alloc.hit_tokens)
+        return seq.alloc.hit_tokens
 
     def _expire_waiting(self, now: float) -> None:
         """Requests whose deadline passed while they were still queued never get scheduled."""
@@ -182,6 +202,8 @@ class _ModelScheduler:
         else:
             self.h_itl.observe(now - seq.last_token_at)
         seq.last_token_at = now
+        if seq.alloc is not None:
+            self.cache.grow(seq.alloc, seq.prompt_tokens + seq.completion_tokens)
         reason: FinishReason | None = None
         if seq.stop:
             # Text that may be the start of a stop string is held back until it is known not to be.
@@ -307,12 +329,16 @@ class SimEngine:
             ModelSpec(c.name, c.max_model_len, c.max_output_tokens, self.kind) for c in self._configs.values()
         ]
 
+    def prefix_cache(self, model: str) -> PrefixCache:
+        """The model's prefix cache, for inspection (tests, debugging)."""
+        return self._schedulers[model].cache
+
     def load(self) -> EngineLoad:
         scheds = self._schedulers.values()
         return EngineLoad(
             running=sum(len(s.running) for s in scheds),
             waiting=sum(len(s.waiting) for s in scheds),
-            kv_cache_usage=max((s.kv_cache_usage() for s in scheds), default=0.0),
+            kv_cache_usage=max((s.cache.usage for s in scheds), default=0.0),
         )
 
     def _inject_fault(self, cfg: SimModelConfig) -> float:

@@ -22,8 +22,12 @@ class SimModelConfig(BaseModel):
     ttft_s: float = Field(0.0, ge=0)
     prefill_s_per_token: float = Field(0.0, ge=0)
     itl_s: float = Field(0.0, ge=0)
-    # KV cache capacity in tokens, for vllm:kv_cache_usage_perc.
-    kv_cache_tokens: int = Field(262_144, gt=0)
+    # KV cache in blocks of `block_size` tokens, as vLLM pages it: the capacity of the prefix cache
+    # and the denominator of vllm:kv_cache_usage_perc.
+    block_size: int = Field(16, gt=0)
+    kv_cache_blocks: int = Field(16_384, gt=0)
+    # vLLM's automatic prefix caching: prefill is charged only for prompt blocks not already cached.
+    enable_prefix_caching: bool = True
     # Status-level fault injection, complementing the fault proxy's TCP-level faults.
     fault_overloaded_rate: float = Field(0.0, ge=0, le=1)
     fault_error_rate: float = Field(0.0, ge=0, le=1)

@@ -51,5 +51,10 @@ def expected_text(model: str, prompt: str, seed: int, n: int) -> str:
     return "".join(stream.next() for _ in range(n))
 
 
+def prompt_tokens(prompt: str) -> list[str]:
+    """The simulator's tokenizer: whitespace-separated words (an empty prompt is one empty token)."""
+    return prompt.split() or [""]
+
+
 def count_prompt_tokens(prompt: str) -> int:
-    return max(1, len(prompt.split()))
+    return len(prompt_tokens(prompt))

@@ -1,0 +1,52 @@
+"""The peer gateway for benchmarks/peer.py: LiteLLM proxy, pinned, in its own environment under .bench/."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LITELLM_VERSION = "1.106.2"
+
+
+def litellm_bin(version: str, log: Path) -> Path:
+    """The pinned LiteLLM proxy, installed into .bench/ when missing."""
+    venv = ROOT / ".bench" / f"litellm-{version}"
+    exe = venv / "bin" / "litellm"
+    if exe.exists():
+        return exe
+    print(f"installing litellm[proxy]=={version} into {venv} (once)...", file=sys.stderr)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    with log.open("ab") as out:
+        subprocess.run(
+            [str(venv / "bin" / "pip"), "install", "-q", f"litellm[proxy]=={version}"],
+            check=True,
+            stdout=out,
+            stderr=out,
+        )
+    return exe
+
+
+def litellm_config(path: Path, upstream: str, model: str) -> Path:
+    """One model routed to the upstream; LiteLLM's own telemetry off."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        json.dumps(
+            {
+                "model_list": [
+                    {
+                        "model_name": model,
+                        "litellm_params": {
+                            "model": f"openai/{model}",
+                            "api_base": upstream,
+                            "api_key": "none",
+                        },
+                    }
+                ],
+                "litellm_settings": {"telemetry": False, "drop_params": True},
+            }
+        )
+    )
+    return path

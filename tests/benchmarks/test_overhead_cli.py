@@ -1,0 +1,56 @@
+"""benchmarks/overhead.py run the way a user runs it, small, so the benchmark cannot rot unnoticed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import overhead  # noqa: E402
+from load import Result, Run  # noqa: E402
+
+
+def test_config_names_accept_base_and_reject_unknown() -> None:
+    assert overhead._config_names("base") == ["telemetry-on"]
+    assert overhead._config_names("base,telemetry-on,dedupe-on") == ["telemetry-on", "dedupe-on"]
+    with pytest.raises(SystemExit):
+        overhead._config_names("nonsense")
+
+
+def test_errors_stop_the_run_or_are_printed_beside_every_figure(monkeypatch: pytest.MonkeyPatch) -> None:
+    run = Run([Result(0.01, 0.01, 16, 1, True), Result(0.02, 0.02, 0, 0, False, "UNAVAILABLE")])
+    with pytest.raises(overhead.BenchError, match="1 of 2 requests failed"):
+        overhead._check("nonstream_full", run)
+    monkeypatch.setattr(overhead, "ALLOW_ERRORS", True)
+    overhead._check("nonstream_full", run)
+    rounds = [{"nonstream_full.errors": 1.0, "nonstream_full.p50_ms": 3.0}, {"nonstream_full.errors": 2.0}]
+    assert overhead._errors_beside("nonstream_full.p50_ms", rounds) == "  errors=3"
+
+
+@pytest.mark.e2e
+def test_quick_run_of_the_base_configuration(tmp_path: Path) -> None:
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "overhead.py"), "--quick", "--rounds", "1"]
+    proc = subprocess.run(
+        [*cmd, "--configs", "base", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "platform")},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "added_latency_backend_hop_open50.p50_ms" in proc.stdout
+    (report,) = tmp_path.glob("overhead-*.json")
+    figures = json.loads(report.read_text())["raw"]["telemetry-on"][0]
+    for scen in ("nonstream_full", "stream_full", "paced_full", "open_stream_full", "open_nonstream_backend"):
+        assert figures[f"{scen}.errors"] == 0
+    # Tokens are counted from the streams: 64 per stream, 16 per non-streamed reply.
+    assert figures["stream_full.tokens_per_s"] / figures["stream_full.rps"] == pytest.approx(64)
+    assert figures["nonstream_full.cpu_ms_per_req.edge"] > 0
+    assert figures["stream_full.cpu_us_per_token.edge+backend"] > 0

@@ -1,0 +1,41 @@
+"""benchmarks/peer.py, small and without LiteLLM (its install is the benchmark's, not the suite's)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.e2e
+def test_quick_peer_run_against_the_upstream(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "peer.py"),
+            "--quick",
+            "--no-litellm",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "platform")},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "aftershock" in proc.stdout and "added p50" in proc.stdout
+    (report,) = tmp_path.glob("peer-*.json")
+    (figures,) = json.loads(report.read_text())["raw"]
+    for kind in ("nonstream", "stream"):
+        for target in ("direct", "aftershock"):
+            assert figures[f"{kind}.{target}.errors"] == 0
+            assert figures[f"{kind}.{target}.tokens_per_req"] == 16  # counted from replies and streams
+        assert figures[f"{kind}.aftershock.cpu_ms_per_req.edge"] > 0
+        assert figures[f"{kind}.aftershock.cpu_ms_per_req.inference"] > 0

@@ -10,13 +10,14 @@ from typing import Any
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import dashboard
 
-from . import llm_serving, overview, resilience
+from . import llm_serving, overview, resilience, routing
 
 # Order is the order of the dashboards list in Grafana's folder view: overview first.
 BUILDERS: tuple[Callable[[], dashboard.Dashboard], ...] = (
     overview.build,
     llm_serving.build,
     resilience.build,
+    routing.build,
 )
 
 # dashboards/json, next to dashboards/src.

@@ -7,6 +7,7 @@ import collections
 from aftershock.backend.hashring import HashRing, load_bound, point
 from aftershock.backend.placement import Candidate, EngineLoad, Placement, PlacementConfig, score
 from aftershock.backend.prefix import block_hashes, prefix_key, rendered_prompt
+from aftershock.clock import FakeClock
 from aftershock.v1 import generation_pb2 as pb
 
 IDLE = EngineLoad()
@@ -99,3 +100,32 @@ def test_prefix_key_is_shared_by_a_common_system_prompt() -> None:
     assert k1 is not None and k1 == k2
     assert prefix_key(pb.GenerateRequest(prompt="short"), 64, 4) is None
     assert rendered_prompt(pb.GenerateRequest(prompt="p")) == "p"
+
+
+def test_a_hot_key_keeps_at_most_its_bounded_share_over_time() -> None:
+    clock = FakeClock()
+    placement = Placement(PlacementConfig(load_factor=1.25, share_min_per_replica=5), clock)
+    hot, other = point(b"hot"), [point(f"k{i}".encode()) for i in range(60)]
+    homes: collections.Counter[str] = collections.Counter()
+    for i in range(600):
+        clock.advance(0.01)
+        key = hot if i % 2 == 0 else other[i % 60]  # half the traffic shares one prefix
+        homes[placement.choose(cands(a=0, b=0, c=0), key)[0]] += 1
+    assert max(homes.values()) <= 1.25 * 600 / 3 + 2, homes
+    # Negative control: without the time-averaged bound, the hot key's home takes far more.
+    sticky = Placement(PlacementConfig(share_min_per_replica=10**9), FakeClock())
+    counts = collections.Counter(
+        sticky.choose(cands(a=0, b=0, c=0), hot if i % 2 == 0 else other[i % 60])[0] for i in range(600)
+    )
+    assert max(counts.values()) > 1.25 * 600 / 3 + 2, counts
+
+
+def test_old_placements_fade() -> None:
+    clock = FakeClock()
+    placement = Placement(PlacementConfig(share_window_s=1.0, share_min_per_replica=1), clock)
+    key = point(b"p")
+    home = placement.choose(cands(a=0, b=0), key)[0]
+    for _ in range(50):
+        placement.choose(cands(a=0, b=0), key)
+    clock.advance(60.0)  # sixty time constants later the history is gone: the home is home again
+    assert placement.choose(cands(a=0, b=0), key) == (home, "prefix")

@@ -10,11 +10,13 @@ usage) merged with the backend's own in-flight count, which is fresher between r
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from aftershock.backend.hashring import HashRing, load_bound
+from aftershock.clock import SYSTEM_CLOCK, Clock
 
 Reason = Literal["prefix", "session", "spill", "least_loaded"]
 REASONS: tuple[Reason, ...] = ("prefix", "session", "spill", "least_loaded")
@@ -42,6 +44,11 @@ class PlacementConfig:
     waiting_weight: float = 1.0
     # A nearly full KV cache means preemption: steer away before it happens.
     kv_cache_weight: float = 2.0
+    # The bound also holds over time: a replica whose share of recent placements (decaying with this
+    # time constant) is above load_factor x the mean share is not preferred either, once at least
+    # share_min_per_replica placements per replica are recent (below that, stickiness wins).
+    share_window_s: float = 30.0
+    share_min_per_replica: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,10 +65,26 @@ def score(c: Candidate, config: PlacementConfig) -> float:
 
 
 class Placement:
-    def __init__(self, config: PlacementConfig) -> None:
+    def __init__(self, config: PlacementConfig, clock: Clock = SYSTEM_CLOCK) -> None:
         self.config = config
+        self._clock = clock
         self._ring = HashRing(())
         self._turn = itertools.count()
+        # Recent placements per replica, decayed exponentially: the time-averaged side of the bound.
+        self._recent: dict[str, float] = {}
+        self._decayed_at = clock.now()
+
+    def _shares(self, names: Sequence[str]) -> dict[str, float]:
+        now = self._clock.now()
+        factor = math.exp(-(now - self._decayed_at) / self.config.share_window_s)
+        self._decayed_at = now
+        for name in self._recent:
+            self._recent[name] *= factor
+        return {n: self._recent.get(n, 0.0) for n in names}
+
+    def _placed(self, name: str, reason: Reason) -> tuple[str, Reason]:
+        self._recent[name] = self._recent.get(name, 0.0) + 1.0
+        return name, reason
 
     def _ring_of(self, names: frozenset[str]) -> HashRing:
         # Rebuilt only when the set of candidates changes (a breaker opens, a replica comes back).
@@ -74,17 +97,25 @@ class Placement:
     ) -> tuple[str, Reason]:
         if not candidates:
             raise ValueError("no candidates")
-        scores = {c.name: score(c, self.config) for c in candidates}
-        if key is None or self.config.policy == "least_loaded" or len(candidates) == 1:
-            return self._least_loaded(scores), "least_loaded"
-        bound = load_bound(sum(scores.values()), len(scores), self.config.load_factor)
+        config = self.config
+        scores = {c.name: score(c, config) for c in candidates}
+        shares = self._shares(list(scores))
+        if key is None or config.policy == "least_loaded" or len(candidates) == 1:
+            return self._placed(self._least_loaded(scores), "least_loaded")
+        bound = load_bound(sum(scores.values()), len(scores), config.load_factor)
+        total_share = sum(shares.values())
+        share_bound = (
+            load_bound(total_share, len(shares), config.load_factor)
+            if total_share >= config.share_min_per_replica * len(shares)
+            else math.inf
+        )
         ring = self._ring_of(frozenset(scores))
         for i, name in enumerate(ring.preference(key)):
-            if scores[name] <= bound:
+            if scores[name] <= bound and shares[name] + 1.0 <= share_bound:
                 if i > 0:
-                    return name, "spill"
-                return name, "session" if session else "prefix"
-        return self._least_loaded(scores), "spill"
+                    return self._placed(name, "spill")
+                return self._placed(name, "session" if session else "prefix")
+        return self._placed(self._least_loaded(scores), "spill")
 
     def _least_loaded(self, scores: dict[str, float]) -> str:
         low = min(scores.values())

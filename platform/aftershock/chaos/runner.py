@@ -10,18 +10,22 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import gevent  # type: ignore[import-untyped]
 from locust import User, between
 from locust.env import Environment
 
+from aftershock.chaos.expectations import calls_per_request
 from aftershock.chaos.faults import FaultInjector
+from aftershock.chaos.journal import Step, write_journal
+from aftershock.chaos.record import Recorder
 from aftershock.chaos.report import write_report
 from aftershock.chaos.sampler import MetricsSampler
 from aftershock.chaos.spec import Drill, Fault
-from aftershock.chaos.users import CompletionUser, EdgeUser, LoadSettings, Recorder, StreamingUser
-from aftershock.chaos.verdict import judge
+from aftershock.chaos.users import CompletionUser, EdgeUser, LoadSettings, StreamingUser
+from aftershock.chaos.verdict import Check, Verdict, judge
 from aftershock.stack import Stack, StackConfig
 
 log = logging.getLogger(__name__)
@@ -102,6 +106,24 @@ def _abort_reason(drill: Drill, recorder: Recorder, now: float) -> str | None:
     return None
 
 
+def remote_refusal(drill: Drill, backend_env: dict[str, str]) -> str | None:
+    """Why `drill` cannot run against a stack started elsewhere (None: it can). Backend settings
+    and process faults need the stack's own means (a deploy, a restart), which a drill against a
+    given edge does not have: applying the faults without them would judge the wrong system."""
+    settings = {**drill.backend_env, **backend_env}
+    if settings:
+        names = ", ".join(f"{k}={v}" for k, v in sorted(settings.items()))
+        return (
+            f"needs backend settings it cannot apply to a stack started elsewhere ({names}); "
+            "set them in that stack's deployment and drop them from the drill, or run it on a local stack"
+        )
+    local = sorted({f.kind for f in drill.faults if f.kind in ("kill_replica", "stop_redis")})
+    if local:
+        kinds = ", ".join(local)
+        return f"needs process faults ({kinds}) that only a local stack started by the drill can apply"
+    return None
+
+
 def run_drill(
     drill: Drill,
     out: Path,
@@ -109,8 +131,22 @@ def run_drill(
     target: Target | None = None,
     api_key: str | None = None,
     backend_env: dict[str, str] | None = None,
-) -> bool:
-    """Runs one drill and writes its report to `out`; True when the hypothesis and every expectation held."""
+    skip_rollback: frozenset[str] = frozenset(),
+) -> Verdict:
+    """Runs one drill and writes its report and journal to `out`; returns the verdict.
+
+    `skip_rollback`: faults left in place at their end time (rolled back only when the drill
+    ends), so negative controls can show the drill notices a system that did not recover."""
+    started_at = datetime.now(UTC)
+    short = drill.too_short()
+    if short:  # refuse before spending a stack and a load on a verdict that cannot be trusted
+        checks = [Check("drill long enough to judge", "too_short", short)]
+        where = target.describe() if target else {"stack": "not started"}
+        verdict = write_report(out, drill, checks, [], [], where, None)
+        write_journal(
+            out, drill, target.toxiproxy_url if target else "", checks, verdict, [], started_at, None
+        )
+        return verdict
     own = target is None
     if target is None:
         target = local_target(drill, out / "logs", backend_env or {})
@@ -125,7 +161,19 @@ def run_drill(
         key=lambda e: (e[0], e[1]),
     )
     active: list[Fault] = []
+    steps: list[Step] = []
     aborted: str | None = None
+
+    def step(fault: Fault, apply: bool) -> None:
+        begun, error = datetime.now(UTC), ""
+        try:
+            (injector.apply if apply else injector.rollback)(fault)
+        except Exception as exc:
+            error = repr(exc)
+            raise
+        finally:
+            steps.append(Step(fault, apply, begun, datetime.now(UTC), error))
+
     try:
         injector.reset()
         recorder.start = sampler.start = time.monotonic()
@@ -138,10 +186,10 @@ def run_drill(
             while events and events[0][0] <= now:
                 _, apply, fault = events.pop(0)
                 if apply:
-                    injector.apply(fault)
+                    step(fault, True)
                     active.append(fault)
-                elif fault in active:
-                    injector.rollback(fault)
+                elif fault in active and fault.name not in skip_rollback:
+                    step(fault, False)
                     active.remove(fault)
             aborted = _abort_reason(drill, recorder, now)
             if aborted:
@@ -153,7 +201,7 @@ def run_drill(
         # Rollbacks always run, whatever happened above.
         for fault in reversed(active):
             try:
-                injector.rollback(fault)
+                step(fault, False)
             except Exception:
                 log.exception("rollback failed", extra={"fault": fault.name})
         try:
@@ -170,7 +218,12 @@ def run_drill(
         else None
     )
     checks = judge(drill, records, samples, aborted, fired)
-    return write_report(out, drill, checks, records, samples, target.describe(), aborted)
+    figures = {"calls_per_request": calls_per_request(samples, records)}
+    verdict = write_report(
+        out, drill, checks, records, samples, target.describe(), aborted, {"figures": figures}
+    )
+    write_journal(out, drill, target.toxiproxy_url, checks, verdict, steps, started_at, aborted)
+    return verdict
 
 
 def _fired_alerts(prometheus_url: str, window_s: float) -> set[str]:

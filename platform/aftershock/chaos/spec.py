@@ -13,6 +13,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
+# When a drill does not say how long recovery may take, requests this soon after the last
+# rollback are not held to the steady-state hypothesis.
+DEFAULT_SETTLE_S = 3.0
+# Least load after the recovery window that a verdict on recovery rests on (not scaled: it is
+# the evidence a verdict needs, whatever the drill's length).
+MIN_OBSERVATION_S = 2.0
 
 
 class Hypothesis(BaseModel):
@@ -91,10 +97,21 @@ class Expect(BaseModel):
     max_error_rate_during_fault: float | None = Field(None, ge=0, le=1)
     # After the last fault is rolled back, the success rate is back to the hypothesis within this.
     recovery_within_s: float | None = Field(None, gt=0)
-    # Every response to one Idempotency-Key carries the same text.
+    # Every response to one Idempotency-Key carries the same text; judged only once at least
+    # `min_repeated_keys` keys were answered more than once (fewer proves nothing).
     no_duplicate_generations: bool = False
+    min_repeated_keys: int = Field(10, ge=1)
     min_retries: int | None = Field(None, ge=0)
+    # Streams resumed on another replica mid-stream (not refused or before-first-token tries).
     min_failovers: int | None = Field(None, ge=0)
+    # Every breaker in breaker_opened is closed again within recovery_within_s of the rollback.
+    breakers_close: bool = True
+    # Every replica reported healthy again within recovery_within_s of the rollback.
+    replicas_back: bool = False
+    # Keyed requests are deduplicated again (claimed/joined/replayed, none bypassed) after recovery.
+    dedupe_resumes: bool = False
+    # Backend->inference tries per edge request stay at or under this (retry amplification).
+    max_calls_per_request: float | None = Field(None, gt=0)
     # Alert names that should fire; checked only when a Prometheus URL is given (staging).
     alerts: tuple[str, ...] = ()
 
@@ -131,7 +148,9 @@ class Drill(BaseModel):
         return self
 
     def scaled(self, factor: float) -> Drill:
-        """The same drill with every time multiplied by `factor` (a short version for CI)."""
+        """The same drill with every time of its timeline multiplied by `factor` (a short version
+        for CI): load, faults, the recovery window and the abort window. Request timeouts and
+        think time describe the service and its clients, not the timeline, so they stay."""
         if factor == 1.0:
             return self
         load = self.load.model_copy(update={"duration_s": self.load.duration_s * factor})
@@ -139,7 +158,29 @@ class Drill(BaseModel):
             f.model_copy(update={"start_s": f.start_s * factor, "end_s": f.end_s * factor})
             for f in self.faults
         )
-        return self.model_copy(update={"load": load, "faults": faults})
+        recovery = self.expect.recovery_within_s
+        expect = self.expect.model_copy(
+            update={"recovery_within_s": recovery * factor if recovery is not None else None}
+        )
+        abort = self.abort.model_copy(update={"window_s": self.abort.window_s * factor})
+        return self.model_copy(update={"load": load, "faults": faults, "expect": expect, "abort": abort})
+
+    @property
+    def settle_s(self) -> float:
+        """Time after the last rollback during which requests are not held to the hypothesis."""
+        return self.expect.recovery_within_s or DEFAULT_SETTLE_S
+
+    def too_short(self) -> str | None:
+        """Why this drill cannot be judged at its length (None: it can): after the last rollback
+        it must leave its recovery window plus MIN_OBSERVATION_S of load to judge."""
+        after = self.load.duration_s - self.fault_end_s
+        need = self.settle_s + MIN_OBSERVATION_S
+        if after < need:
+            return (
+                f"too short to judge: {after:.1f}s of load after the last rollback, "
+                f"needs {self.settle_s:.1f}s to recover + {MIN_OBSERVATION_S:.1f}s to observe"
+            )
+        return None
 
     @property
     def fault_start_s(self) -> float:

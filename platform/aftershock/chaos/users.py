@@ -13,12 +13,13 @@ from __future__ import annotations
 import itertools
 import json
 import random
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from locust import HttpUser, between, task
+
+from aftershock.chaos.record import Record, Recorder
 
 
 @dataclass(frozen=True)
@@ -30,38 +31,6 @@ class LoadSettings:
     duplicates: int = 2
     timeout_s: float = 20.0
     api_key: str | None = None
-
-
-@dataclass
-class Record:
-    started: float  # seconds since the recorder's start
-    latency_s: float
-    ttft_s: float | None
-    ok: bool
-    status: int
-    stream: bool
-    error: str = ""
-    trace_id: str = ""
-    attempts: int = 1
-    idempotency_key: str = ""
-    text: str = ""
-
-
-@dataclass
-class Recorder:
-    """Thread- and greenlet-safe list of records, timed from `start`."""
-
-    start: float = field(default_factory=time.monotonic)
-    records: list[Record] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def add(self, record: Record) -> None:
-        with self._lock:
-            self.records.append(record)
-
-    def snapshot(self) -> list[Record]:
-        with self._lock:
-            return list(self.records)
 
 
 def _trace_id(headers: Any) -> str:

@@ -32,9 +32,12 @@ def metric_checks(drill: Drill, records: Sequence[Record], samples: Sequence[Sam
         opened = [s.t for s in samples if s.breakers.get(target) == 1]
         detail = f"open from {opened[0]:.1f}s" if opened else "never seen open"
         checks.append(check(f"breaker {target} opened", bool(opened), detail))
-        if e.breakers_close and e.recovery_within_s is not None:
-            checks.append(_settled(drill, samples, f"breaker {target} closed again", _closed(target)))
-    if e.replicas_back and e.recovery_within_s is not None:
+        close_within = e.breakers_close_within_s or e.recovery_within_s
+        if e.breakers_close and close_within is not None:
+            name = f"breaker {target} closed again"
+            checks.append(_settled(drill, samples, name, _closed(target), close_within))
+    back_within = e.replicas_back_within_s or e.recovery_within_s
+    if e.replicas_back and back_within is not None:
         names = sorted({r for s in samples for r in s.replicas})
         checks.append(
             _settled(
@@ -42,6 +45,7 @@ def metric_checks(drill: Drill, records: Sequence[Record], samples: Sequence[Sam
                 samples,
                 "every replica back in rotation",
                 lambda s: bool(names) and all(s.replicas.get(r) == 1 for r in names),
+                back_within,
             )
         )
     if e.min_retries is not None:
@@ -79,11 +83,11 @@ def _closed(target: str) -> Callable[[Sample], bool]:
     return lambda s: s.breakers.get(target) == 0
 
 
-def _settled(drill: Drill, samples: Sequence[Sample], name: str, good: Callable[[Sample], bool]) -> Check:
+def _settled(
+    drill: Drill, samples: Sequence[Sample], name: str, good: Callable[[Sample], bool], limit: float
+) -> Check:
     """`good` holds in every sample from some moment after the last rollback to the end, and that
-    moment comes within the recovery window."""
-    limit = drill.expect.recovery_within_s
-    assert limit is not None
+    moment comes within `limit` seconds."""
     end = drill.fault_end_s
     after = [s for s in samples if s.t >= end]
     since: float | None = None

@@ -104,10 +104,14 @@ class Expect(BaseModel):
     min_retries: int | None = Field(None, ge=0)
     # Streams resumed on another replica mid-stream (not refused or before-first-token tries).
     min_failovers: int | None = Field(None, ge=0)
-    # Every breaker in breaker_opened is closed again within recovery_within_s of the rollback.
+    # Every breaker in breaker_opened is closed again this soon after the rollback (None: within
+    # recovery_within_s). Breakers wait out their reset timeout and a trial request first.
     breakers_close: bool = True
-    # Every replica reported healthy again within recovery_within_s of the rollback.
+    breakers_close_within_s: float | None = Field(None, gt=0)
+    # Every replica reported healthy again this soon after the rollback (None: recovery_within_s);
+    # a restarted process takes seconds to serve.
     replicas_back: bool = False
+    replicas_back_within_s: float | None = Field(None, gt=0)
     # Keyed requests are deduplicated again (claimed/joined/replayed, none bypassed) after recovery.
     dedupe_resumes: bool = False
     # Backend->inference tries per edge request stay at or under this (retry amplification).
@@ -158,9 +162,10 @@ class Drill(BaseModel):
             f.model_copy(update={"start_s": f.start_s * factor, "end_s": f.end_s * factor})
             for f in self.faults
         )
-        recovery = self.expect.recovery_within_s
-        expect = self.expect.model_copy(
-            update={"recovery_within_s": recovery * factor if recovery is not None else None}
+        windows = ("recovery_within_s", "breakers_close_within_s", "replicas_back_within_s")
+        e = self.expect
+        expect = e.model_copy(
+            update={k: getattr(e, k) * factor for k in windows if getattr(e, k) is not None}
         )
         abort = self.abort.model_copy(update={"window_s": self.abort.window_s * factor})
         return self.model_copy(update={"load": load, "faults": faults, "expect": expect, "abort": abort})
@@ -174,11 +179,12 @@ class Drill(BaseModel):
         """Why this drill cannot be judged at its length (None: it can): after the last rollback
         it must leave its recovery window plus MIN_OBSERVATION_S of load to judge."""
         after = self.load.duration_s - self.fault_end_s
-        need = self.settle_s + MIN_OBSERVATION_S
-        if after < need:
+        e = self.expect
+        window = max(self.settle_s, e.breakers_close_within_s or 0.0, e.replicas_back_within_s or 0.0)
+        if after < window + MIN_OBSERVATION_S:
             return (
                 f"too short to judge: {after:.1f}s of load after the last rollback, "
-                f"needs {self.settle_s:.1f}s to recover + {MIN_OBSERVATION_S:.1f}s to observe"
+                f"needs {window:.1f}s to recover + {MIN_OBSERVATION_S:.1f}s to observe"
             )
         return None
 

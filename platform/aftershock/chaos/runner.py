@@ -24,6 +24,7 @@ from aftershock.chaos.record import Recorder
 from aftershock.chaos.report import write_report
 from aftershock.chaos.sampler import MetricsSampler
 from aftershock.chaos.spec import Drill, Fault
+from aftershock.chaos.traces import TraceCollector, traces_check
 from aftershock.chaos.users import CompletionUser, EdgeUser, LoadSettings, StreamingUser
 from aftershock.chaos.verdict import Check, Verdict, judge
 from aftershock.stack import Stack, StackConfig
@@ -44,6 +45,8 @@ class Target:
     stack: Stack | None = None
     # The Prometheus that evaluates alerts/ for this stack (staging), to check expected alerts.
     prometheus_url: str | None = None
+    # Where a local stack exports its spans, to check the trace ids a report names.
+    traces: TraceCollector | None = None
 
     def describe(self) -> dict[str, str]:
         where = {"edge": self.edge_url, "toxiproxy": self.toxiproxy_url}
@@ -53,6 +56,9 @@ class Target:
 
 def local_target(drill: Drill, log_dir: Path, backend_env: dict[str, str]) -> Target:
     models = MODELS_FILE if MODELS_FILE.exists() else None
+    traces = TraceCollector()
+    traces.start()
+    otel = traces.env()
     stack = Stack(
         StackConfig(
             replicas=drill.replicas,
@@ -61,17 +67,26 @@ def local_target(drill: Drill, log_dir: Path, backend_env: dict[str, str]) -> Ta
             models_file=models,
             log_dir=log_dir,
             shutdown_grace_s=5,
-            env={"backend": {**drill.backend_env, **backend_env}},
+            env={
+                "backend": {**otel, **drill.backend_env, **backend_env},
+                "edge": otel,
+                "inference": otel,
+            },
         )
     )
     try:
         stack.start()
     except BaseException:
         stack.stop()
+        traces.stop()
         raise
     assert stack.backend is not None
     return Target(
-        stack.edge_url, stack.toxiproxy_url, f"http://127.0.0.1:{stack.backend.metrics_port}/metrics", stack
+        stack.edge_url,
+        stack.toxiproxy_url,
+        f"http://127.0.0.1:{stack.backend.metrics_port}/metrics",
+        stack,
+        traces=traces,
     )
 
 
@@ -210,7 +225,8 @@ def run_drill(
             log.exception("toxiproxy reset failed")
         samples = sampler.end()
         if own and target.stack is not None:
-            target.stack.stop()
+            gevent.sleep(1.0)  # the services' span batches (200 ms) reach the collector
+            target.stack.stop()  # and a graceful stop flushes what is left
     records = recorder.snapshot()
     fired = (
         _fired_alerts(target.prometheus_url, time.monotonic() - recorder.start)
@@ -218,6 +234,9 @@ def run_drill(
         else None
     )
     checks = judge(drill, records, samples, aborted, fired)
+    if own and target.traces is not None and checks[0].outcome != "too_short":
+        checks.append(traces_check(records, target.traces))
+        target.traces.stop()
     figures = {"calls_per_request": calls_per_request(samples, records)}
     verdict = write_report(
         out, drill, checks, records, samples, target.describe(), aborted, {"figures": figures}

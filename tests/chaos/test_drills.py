@@ -22,7 +22,7 @@ DRILLS = sorted(p for p in (ROOT / "chaos").glob("*.yaml") if p.name != "models.
 SCALE = "0.5"  # every time halved: each drill well under a minute
 
 
-def _drill(path: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+def _drill(path: Path, out: Path, *extra: str, scale: str = SCALE) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
             sys.executable,
@@ -31,7 +31,7 @@ def _drill(path: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[st
             "drill",
             str(path),
             "--time-scale",
-            SCALE,
+            scale,
             "--out",
             str(out),
             *extra,

@@ -21,6 +21,7 @@ class Record:
     attempts: int = 1
     idempotency_key: str = ""
     text: str = ""
+    client_attempt: int = 0  # 0: the first send of this request; n: the client's n-th retry
 
 
 @dataclass
@@ -38,3 +39,8 @@ class Recorder:
     def snapshot(self) -> list[Record]:
         with self._lock:
             return list(self.records)
+
+
+def client_retryable(record: Record) -> bool:
+    """A cut connection or stream, or a status that says "try again": a client may send it again."""
+    return record.status in (0, 429, 502, 503, 504) or (record.status == 200 and not record.ok)

@@ -20,6 +20,7 @@ from locust.env import Environment
 from aftershock.chaos.expectations import calls_per_request
 from aftershock.chaos.faults import FaultInjector
 from aftershock.chaos.journal import Step, write_journal
+from aftershock.chaos.keyed import keyed_figures
 from aftershock.chaos.record import Recorder
 from aftershock.chaos.report import write_report
 from aftershock.chaos.sampler import MetricsSampler
@@ -98,6 +99,7 @@ def _configure_users(drill: Drill, recorder: Recorder, api_key: str | None) -> l
         seeded=load.seeded,
         idempotency_share=load.idempotency_share,
         duplicates=load.duplicates,
+        client_retries=load.client_retries,
         timeout_s=load.request_timeout_s,
         api_key=api_key,
     )
@@ -237,7 +239,11 @@ def run_drill(
     if own and target.traces is not None and checks[0].outcome != "too_short":
         checks.append(traces_check(records, target.traces))
         target.traces.stop()
-    figures = {"calls_per_request": calls_per_request(samples, records)}
+    figures: dict[str, object] = {"calls_per_request": calls_per_request(samples, records)}
+    if drill.load.idempotency_share:
+        keyed = keyed_figures(records, samples)
+        figures |= {"keys": keyed.keys, "goodput": keyed.goodput, "keys_lost": len(keyed.lost)}
+        figures |= {"keys_retried_by_clients": keyed.retried, "generations_claimed": keyed.generations}
     verdict = write_report(
         out, drill, checks, records, samples, target.describe(), aborted, {"figures": figures}
     )

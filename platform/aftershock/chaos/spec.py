@@ -48,6 +48,9 @@ class Load(BaseModel):
     # Share of requests sent with an Idempotency-Key, each key sent `duplicates` times.
     idempotency_share: float = Field(0.0, ge=0, le=1)
     duplicates: int = Field(2, ge=1)
+    # Keyed requests cut or refused with a retryable status are sent again (same key and body)
+    # by the client, up to this many times.
+    client_retries: int = Field(0, ge=0)
     think_time_s: tuple[float, float] = (0.05, 0.2)
     request_timeout_s: float = Field(20.0, gt=0)
 
@@ -114,6 +117,11 @@ class Expect(BaseModel):
     replicas_back_within_s: float | None = Field(None, gt=0)
     # Keyed requests are deduplicated again (claimed/joined/replayed, none bypassed) after recovery.
     dedupe_resumes: bool = False
+    # Keyed requests (one key per logical request, client retries): at least this share ends
+    # in a success, and at most max_lost end otherwise than in success or a clear retryable
+    # error, or got two different results for one key.
+    min_goodput: float | None = Field(None, ge=0, le=1)
+    max_lost: int | None = Field(None, ge=0)
     # Backend->inference tries per edge request stay at or under this (retry amplification).
     max_calls_per_request: float | None = Field(None, gt=0)
     # Alert names that should fire; checked only when a Prometheus URL is given (staging).

@@ -66,6 +66,7 @@ def judge(
 ) -> list[Check]:
     """`fired_alerts`: alert names seen firing during the drill (None: no Prometheus to ask)."""
     from aftershock.chaos.expectations import metric_checks
+    from aftershock.chaos.keyed import keyed_checks
 
     short = drill.too_short()
     if short:
@@ -93,6 +94,7 @@ def judge(
     if e.no_duplicate_generations:
         checks.append(_duplicates(records, e.min_repeated_keys))
     checks += metric_checks(drill, records, samples)
+    checks += keyed_checks(e.min_goodput, e.max_lost, records, samples)
     for alert in e.alerts:
         if fired_alerts is None:
             checks.append(

@@ -192,6 +192,11 @@ def _markdown(
         f"{s['steady_requests']} in steady state.",
         "",
     ]
+    if data.get("figures"):
+        shown = ", ".join(
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in data["figures"].items()
+        )
+        lines += [f"Figures: {shown}.", ""]
     for chart in charts:
         lines += [f"![{chart}]({chart})", ""]
     lines += ["## Traces to look at (Jaeger: search by trace id)", ""]

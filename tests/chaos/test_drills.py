@@ -1,6 +1,6 @@
 """Every drill in chaos/, in a short version, against a local stack with the fault proxy on every
-hop; and proof that a drill can fail. Drills run in their own processes (Locust patches the
-standard library for gevent)."""
+hop, and a drill too short to judge saying so (drills failing: test_controls.py). Drills run in
+their own processes (Locust patches the standard library for gevent)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.chaos.ctk import load_journal
 from tests.conftest import ARTIFACTS, TESTS
 
 pytestmark = pytest.mark.e2e
@@ -21,7 +22,7 @@ DRILLS = sorted(p for p in (ROOT / "chaos").glob("*.yaml") if p.name != "models.
 SCALE = "0.5"  # every time halved: each drill well under a minute
 
 
-def _drill(path: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+def _drill(path: Path, out: Path, *extra: str, scale: str = SCALE) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
             sys.executable,
@@ -30,7 +31,7 @@ def _drill(path: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[st
             "drill",
             str(path),
             "--time-scale",
-            SCALE,
+            scale,
             "--out",
             str(out),
             *extra,
@@ -63,6 +64,11 @@ def test_drill_holds(path: Path) -> None:
     assert data["passed"] is True
     assert data["summary"]["fault_requests"] > 0, "the load must overlap the fault"
     assert (out / path.stem / "latency.png").stat().st_size > 10_000
+    checks = {c["name"]: c["outcome"] for c in data["checks"]}
+    assert checks["trace ids found in exported traces"] == "pass"
+    journal = load_journal(out / path.stem / "journal.json")
+    assert journal["status"] == "completed" and journal["deviated"] is False
+    assert len(journal["run"]) == len(journal["rollbacks"]) == len(data["drill"]["faults"])
 
 
 def test_reset_peer_report_reads_as_a_person_needs() -> None:
@@ -84,11 +90,20 @@ def test_reset_peer_report_reads_as_a_person_needs() -> None:
     assert "Retried requests: `" in report
 
 
-def test_a_broken_setting_makes_its_drill_fail_with_a_clear_verdict() -> None:
-    out = ARTIFACTS / "drills-broken"
-    path = ROOT / "chaos" / "replica-crash.yaml"
-    result = _drill(path, out, "--backend-env", "AFTERSHOCK_BACKEND_RETRY_MAX_ATTEMPTS=1")
-    assert result.returncode == 1, result.stdout[-2000:]
+def test_a_drill_too_short_to_judge_exits_3_without_a_verdict() -> None:
+    out = ARTIFACTS / "drills-short"
+    path = ROOT / "chaos" / "down-backend-inference.yaml"
+    result = subprocess.run(
+        [sys.executable, "-m", "aftershock", "drill", str(path), "--time-scale", "0.2", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert result.returncode == 3, result.stdout[-2000:]
+    assert "TOO SHORT" in result.stdout
     report = (out / path.stem / "report.md").read_text()
-    assert report.startswith("# An inference replica crashes under load: FAILED")
-    assert "| failovers happened | **FAIL** | 0 failovers" in report
+    assert report.startswith("# One inference replica unreachable (proxy down): TOO SHORT TO JUDGE")
+    assert "too short to judge: 2.0s of load after the last rollback, needs 1.0s to recover" in report
+    assert json.loads((out / path.stem / "report.json").read_text())["summary"]["requests"] == 0
+    assert load_journal(out / path.stem / "journal.json")["status"] == "failed"

@@ -24,7 +24,12 @@ sys.path.insert(0, str(DASHBOARDS / "src"))
 
 from aftershock_dashboards import base, queries, render  # noqa: E402
 
-EXPECTED_UIDS = {"aftershock-overview", "aftershock-llm-serving", "aftershock-resilience", "aftershock-routing"}
+EXPECTED_UIDS = {
+    "aftershock-overview",
+    "aftershock-llm-serving",
+    "aftershock-resilience",
+    "aftershock-routing",
+}
 # Added by Prometheus at scrape time, so valid on every series.
 TARGET_LABELS = {"job", "instance"}
 

@@ -9,13 +9,16 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from aftershock.chaos.check import Check
+from aftershock.chaos.record import Record
 from aftershock.chaos.sampler import Sample
 from aftershock.chaos.spec import Drill
-from aftershock.chaos.users import Record
-from aftershock.chaos.verdict import Check, during_fault, steady
+from aftershock.chaos.verdict import Verdict, during_fault, steady, verdict_of
 
 BUCKET_S = 1.0
 _STATE_NAMES = {0: "closed", 1: "open", 2: "half-open"}
+_MARKS = {"pass": "PASS", "fail": "**FAIL**", "skipped": "skipped", "too_short": "**TOO SHORT**"}
+HEADLINES: dict[Verdict, str] = {"pass": "PASSED", "fail": "FAILED", "too_short": "TOO SHORT TO JUDGE"}
 
 
 def _pct(values: Sequence[float], q: float) -> float:
@@ -97,10 +100,12 @@ def write_report(
     samples: Sequence[Sample],
     target: dict[str, str],
     aborted: str | None,
-) -> bool:
-    """Writes the report; returns whether the drill passed."""
+    extra: dict[str, Any] | None = None,
+) -> Verdict:
+    """Writes the report; returns the verdict."""
     out.mkdir(parents=True, exist_ok=True)
-    passed = all(c.outcome != "fail" for c in checks)
+    verdict = verdict_of(checks)
+    passed = verdict == "pass"
     rows = timeline(records, drill.load.duration_s)
     charts = _charts(out, drill, rows, samples)
     failed = [r for r in records if not r.ok and r.trace_id]
@@ -108,6 +113,7 @@ def write_report(
     data: dict[str, Any] = {
         "title": drill.title,
         "passed": passed,
+        "verdict": verdict,
         "aborted": aborted,
         "target": target,
         "drill": drill.model_dump(mode="json"),
@@ -126,10 +132,11 @@ def write_report(
         "failed_trace_ids": [r.trace_id for r in failed[:50]],
         "retried_trace_ids": [r.trace_id for r in retried[:50]],
         "charts": charts,
+        **(extra or {}),
     }
     (out / "report.json").write_text(json.dumps(data, indent=1, default=str))
     (out / "report.md").write_text(_markdown(drill, checks, data, failed, retried, charts))
-    return passed
+    return verdict
 
 
 def _markdown(
@@ -141,7 +148,7 @@ def _markdown(
     charts: Sequence[str],
 ) -> str:
     h, load = drill.hypothesis, drill.load
-    lines = [f"# {drill.title}: {'PASSED' if data['passed'] else 'FAILED'}", ""]
+    lines = [f"# {drill.title}: {HEADLINES[data['verdict']]}", ""]
     if drill.description:
         lines += [drill.description.strip(), ""]
     if data["aborted"]:
@@ -176,7 +183,7 @@ def _markdown(
         lines.append(f"| {f.start_s:.1f}s | {f.end_s:.1f}s | {f.name} | {what} on `{where}` |")
     lines += ["", "## Verdict", "", "| check | result | detail |", "|---|---|---|"]
     for c in checks:
-        mark = {"pass": "PASS", "fail": "**FAIL**", "skipped": "skipped"}[c.outcome]
+        mark = _MARKS[c.outcome]
         lines.append(f"| {c.name} | {mark} | {c.detail} |")
     s = data["summary"]
     lines += [
@@ -186,6 +193,11 @@ def _markdown(
         f"{s['steady_requests']} in steady state.",
         "",
     ]
+    if data.get("figures"):
+        shown = ", ".join(
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in data["figures"].items()
+        )
+        lines += [f"Figures: {shown}.", ""]
     for chart in charts:
         lines += [f"![{chart}]({chart})", ""]
     lines += ["## Traces to look at (Jaeger: search by trace id)", ""]

@@ -10,18 +10,25 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import gevent  # type: ignore[import-untyped]
 from locust import User, between
 from locust.env import Environment
 
+from aftershock.chaos.check import Check
+from aftershock.chaos.expectations import calls_per_request
 from aftershock.chaos.faults import FaultInjector
+from aftershock.chaos.journal import Step, write_journal
+from aftershock.chaos.keyed import keyed_figures
+from aftershock.chaos.record import Recorder
 from aftershock.chaos.report import write_report
 from aftershock.chaos.sampler import MetricsSampler
 from aftershock.chaos.spec import Drill, Fault
-from aftershock.chaos.users import CompletionUser, EdgeUser, LoadSettings, Recorder, StreamingUser
-from aftershock.chaos.verdict import judge
+from aftershock.chaos.traces import TraceCollector, traces_check
+from aftershock.chaos.users import CompletionUser, EdgeUser, LoadSettings, StreamingUser
+from aftershock.chaos.verdict import Verdict, judge
 from aftershock.stack import Stack, StackConfig
 
 log = logging.getLogger(__name__)
@@ -40,6 +47,8 @@ class Target:
     stack: Stack | None = None
     # The Prometheus that evaluates alerts/ for this stack (staging), to check expected alerts.
     prometheus_url: str | None = None
+    # Where a local stack exports its spans, to check the trace ids a report names.
+    traces: TraceCollector | None = None
 
     def describe(self) -> dict[str, str]:
         where = {"edge": self.edge_url, "toxiproxy": self.toxiproxy_url}
@@ -49,6 +58,9 @@ class Target:
 
 def local_target(drill: Drill, log_dir: Path, backend_env: dict[str, str]) -> Target:
     models = MODELS_FILE if MODELS_FILE.exists() else None
+    traces = TraceCollector()
+    traces.start()
+    otel = traces.env()
     stack = Stack(
         StackConfig(
             replicas=drill.replicas,
@@ -57,17 +69,26 @@ def local_target(drill: Drill, log_dir: Path, backend_env: dict[str, str]) -> Ta
             models_file=models,
             log_dir=log_dir,
             shutdown_grace_s=5,
-            env={"backend": {**drill.backend_env, **backend_env}},
+            env={
+                "backend": {**otel, **drill.backend_env, **backend_env},
+                "edge": otel,
+                "inference": otel,
+            },
         )
     )
     try:
         stack.start()
     except BaseException:
         stack.stop()
+        traces.stop()
         raise
     assert stack.backend is not None
     return Target(
-        stack.edge_url, stack.toxiproxy_url, f"http://127.0.0.1:{stack.backend.metrics_port}/metrics", stack
+        stack.edge_url,
+        stack.toxiproxy_url,
+        f"http://127.0.0.1:{stack.backend.metrics_port}/metrics",
+        stack,
+        traces=traces,
     )
 
 
@@ -79,12 +100,13 @@ def _configure_users(drill: Drill, recorder: Recorder, api_key: str | None) -> l
         seeded=load.seeded,
         idempotency_share=load.idempotency_share,
         duplicates=load.duplicates,
+        client_retries=load.client_retries,
         timeout_s=load.request_timeout_s,
         api_key=api_key,
     )
     EdgeUser.settings = settings
     EdgeUser.recorder = recorder
-    EdgeUser._keys = []
+    EdgeUser.reset_keys()
     EdgeUser.wait_time = between(*load.think_time_s)
     streaming = round(load.stream_share * 100)
     StreamingUser.weight = streaming
@@ -102,6 +124,24 @@ def _abort_reason(drill: Drill, recorder: Recorder, now: float) -> str | None:
     return None
 
 
+def remote_refusal(drill: Drill, backend_env: dict[str, str]) -> str | None:
+    """Why `drill` cannot run against a stack started elsewhere (None: it can). Backend settings
+    and process faults need the stack's own means (a deploy, a restart), which a drill against a
+    given edge does not have: applying the faults without them would judge the wrong system."""
+    settings = {**drill.backend_env, **backend_env}
+    if settings:
+        names = ", ".join(f"{k}={v}" for k, v in sorted(settings.items()))
+        return (
+            f"needs backend settings it cannot apply to a stack started elsewhere ({names}); "
+            "set them in that stack's deployment and drop them from the drill, or run it on a local stack"
+        )
+    local = sorted({f.kind for f in drill.faults if f.kind in ("kill_replica", "stop_redis")})
+    if local:
+        kinds = ", ".join(local)
+        return f"needs process faults ({kinds}) that only a local stack started by the drill can apply"
+    return None
+
+
 def run_drill(
     drill: Drill,
     out: Path,
@@ -109,8 +149,22 @@ def run_drill(
     target: Target | None = None,
     api_key: str | None = None,
     backend_env: dict[str, str] | None = None,
-) -> bool:
-    """Runs one drill and writes its report to `out`; True when the hypothesis and every expectation held."""
+    skip_rollback: frozenset[str] = frozenset(),
+) -> Verdict:
+    """Runs one drill and writes its report and journal to `out`; returns the verdict.
+
+    `skip_rollback`: faults left in place at their end time (rolled back only when the drill
+    ends), so negative controls can show the drill notices a system that did not recover."""
+    started_at = datetime.now(UTC)
+    short = drill.too_short()
+    if short:  # refuse before spending a stack and a load on a verdict that cannot be trusted
+        checks = [Check("drill long enough to judge", "too_short", short)]
+        where = target.describe() if target else {"stack": "not started"}
+        verdict = write_report(out, drill, checks, [], [], where, None)
+        write_journal(
+            out, drill, target.toxiproxy_url if target else "", checks, verdict, [], started_at, None
+        )
+        return verdict
     own = target is None
     if target is None:
         target = local_target(drill, out / "logs", backend_env or {})
@@ -125,7 +179,19 @@ def run_drill(
         key=lambda e: (e[0], e[1]),
     )
     active: list[Fault] = []
+    steps: list[Step] = []
     aborted: str | None = None
+
+    def step(fault: Fault, apply: bool) -> None:
+        begun, error = datetime.now(UTC), ""
+        try:
+            (injector.apply if apply else injector.rollback)(fault)
+        except Exception as exc:
+            error = repr(exc)
+            raise
+        finally:
+            steps.append(Step(fault, apply, begun, datetime.now(UTC), error))
+
     try:
         injector.reset()
         recorder.start = sampler.start = time.monotonic()
@@ -138,10 +204,10 @@ def run_drill(
             while events and events[0][0] <= now:
                 _, apply, fault = events.pop(0)
                 if apply:
-                    injector.apply(fault)
+                    step(fault, True)
                     active.append(fault)
-                elif fault in active:
-                    injector.rollback(fault)
+                elif fault in active and fault.name not in skip_rollback:
+                    step(fault, False)
                     active.remove(fault)
             aborted = _abort_reason(drill, recorder, now)
             if aborted:
@@ -153,7 +219,7 @@ def run_drill(
         # Rollbacks always run, whatever happened above.
         for fault in reversed(active):
             try:
-                injector.rollback(fault)
+                step(fault, False)
             except Exception:
                 log.exception("rollback failed", extra={"fault": fault.name})
         try:
@@ -162,7 +228,8 @@ def run_drill(
             log.exception("toxiproxy reset failed")
         samples = sampler.end()
         if own and target.stack is not None:
-            target.stack.stop()
+            gevent.sleep(1.0)  # the services' span batches (200 ms) reach the collector
+            target.stack.stop()  # and a graceful stop flushes what is left
     records = recorder.snapshot()
     fired = (
         _fired_alerts(target.prometheus_url, time.monotonic() - recorder.start)
@@ -170,7 +237,19 @@ def run_drill(
         else None
     )
     checks = judge(drill, records, samples, aborted, fired)
-    return write_report(out, drill, checks, records, samples, target.describe(), aborted)
+    if own and target.traces is not None and checks[0].outcome != "too_short":
+        checks.append(traces_check(records, target.traces))
+        target.traces.stop()
+    figures: dict[str, object] = {"calls_per_request": calls_per_request(samples, records)}
+    if drill.load.idempotency_share:
+        keyed = keyed_figures(records, samples)
+        figures |= {"keys": keyed.keys, "goodput": keyed.goodput, "keys_lost": len(keyed.lost)}
+        figures |= {"keys_retried_by_clients": keyed.retried, "generations_claimed": keyed.generations}
+    verdict = write_report(
+        out, drill, checks, records, samples, target.describe(), aborted, {"figures": figures}
+    )
+    write_journal(out, drill, target.toxiproxy_url, checks, verdict, steps, started_at, aborted)
+    return verdict
 
 
 def _fired_alerts(prometheus_url: str, window_s: float) -> set[str]:

@@ -15,7 +15,11 @@ _COUNTERS = (
     "aftershock_retry_budget_exhausted_total",
     "aftershock_failovers_total",
     "aftershock_shed_requests_total",
+    "aftershock_upstream_requests_total",
 )
+# Counters judged on one label set only, kept under their own names.
+RESUMED_FAILOVERS = "aftershock_failovers_resumed"
+_LABELLED = {RESUMED_FAILOVERS: ("aftershock_failovers_total", {"phase": "mid_stream", "outcome": "resumed"})}
 
 
 @dataclass
@@ -24,6 +28,7 @@ class Sample:
     breakers: dict[str, int]  # target -> 0 closed, 1 open, 2 half-open
     counters: dict[str, float]
     dedupe: dict[str, float]  # outcome -> count
+    replicas: dict[str, int] = field(default_factory=dict)  # replica -> 1 healthy, 0 not
 
 
 @dataclass
@@ -58,14 +63,20 @@ class MetricsSampler:
         except httpx.HTTPError:
             return  # a missed sample is a gap in the chart, not a failed drill
         breakers: dict[str, int] = {}
-        counters: dict[str, float] = dict.fromkeys(_COUNTERS, 0.0)
+        counters: dict[str, float] = dict.fromkeys((*_COUNTERS, *_LABELLED), 0.0)
         dedupe: dict[str, float] = {}
+        replicas: dict[str, int] = {}
         for family in text_string_to_metric_families(text):
             for s in family.samples:
                 if s.name == "aftershock_breaker_state":
                     breakers[s.labels["target"]] = int(s.value)
-                elif s.name in counters:
-                    counters[s.name] += s.value
+                elif s.name == "aftershock_replica_healthy":
+                    replicas[s.labels["replica"]] = int(s.value)
                 elif s.name == "aftershock_dedupe_requests_total":
                     dedupe[s.labels["outcome"]] = s.value
-        self.samples.append(Sample(time.monotonic() - self.start, breakers, counters, dedupe))
+                elif s.name in counters:
+                    counters[s.name] += s.value
+                for key, (name, labels) in _LABELLED.items():
+                    if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                        counters[key] += s.value
+        self.samples.append(Sample(time.monotonic() - self.start, breakers, counters, dedupe, replicas))

@@ -13,6 +13,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
+# When a drill does not say how long recovery may take, requests this soon after the last
+# rollback are not held to the steady-state hypothesis.
+DEFAULT_SETTLE_S = 3.0
+# Least load after the recovery window that a verdict on recovery rests on (not scaled: it is
+# the evidence a verdict needs, whatever the drill's length).
+MIN_OBSERVATION_S = 2.0
 
 
 class Hypothesis(BaseModel):
@@ -42,6 +48,9 @@ class Load(BaseModel):
     # Share of requests sent with an Idempotency-Key, each key sent `duplicates` times.
     idempotency_share: float = Field(0.0, ge=0, le=1)
     duplicates: int = Field(2, ge=1)
+    # Keyed requests cut or refused with a retryable status are sent again (same key and body)
+    # by the client, up to this many times.
+    client_retries: int = Field(0, ge=0)
     think_time_s: tuple[float, float] = (0.05, 0.2)
     request_timeout_s: float = Field(20.0, gt=0)
 
@@ -91,10 +100,30 @@ class Expect(BaseModel):
     max_error_rate_during_fault: float | None = Field(None, ge=0, le=1)
     # After the last fault is rolled back, the success rate is back to the hypothesis within this.
     recovery_within_s: float | None = Field(None, gt=0)
-    # Every response to one Idempotency-Key carries the same text.
+    # Every response to one Idempotency-Key carries the same text; judged only once at least
+    # `min_repeated_keys` keys were answered more than once (fewer proves nothing).
     no_duplicate_generations: bool = False
+    min_repeated_keys: int = Field(10, ge=1)
     min_retries: int | None = Field(None, ge=0)
+    # Streams resumed on another replica mid-stream (not refused or before-first-token tries).
     min_failovers: int | None = Field(None, ge=0)
+    # Every breaker in breaker_opened is closed again this soon after the rollback (None: within
+    # recovery_within_s). Breakers wait out their reset timeout and a trial request first.
+    breakers_close: bool = True
+    breakers_close_within_s: float | None = Field(None, gt=0)
+    # Every replica reported healthy again this soon after the rollback (None: recovery_within_s);
+    # a restarted process takes seconds to serve.
+    replicas_back: bool = False
+    replicas_back_within_s: float | None = Field(None, gt=0)
+    # Keyed requests are deduplicated again (claimed/joined/replayed, none bypassed) after recovery.
+    dedupe_resumes: bool = False
+    # Keyed requests (one key per logical request, client retries): at least this share ends
+    # in a success, and at most max_lost end otherwise than in success or a clear retryable
+    # error, or got two different results for one key.
+    min_goodput: float | None = Field(None, ge=0, le=1)
+    max_lost: int | None = Field(None, ge=0)
+    # Backend->inference tries per edge request stay at or under this (retry amplification).
+    max_calls_per_request: float | None = Field(None, gt=0)
     # Alert names that should fire; checked only when a Prometheus URL is given (staging).
     alerts: tuple[str, ...] = ()
 
@@ -131,7 +160,9 @@ class Drill(BaseModel):
         return self
 
     def scaled(self, factor: float) -> Drill:
-        """The same drill with every time multiplied by `factor` (a short version for CI)."""
+        """The same drill with every time of its timeline multiplied by `factor` (a short version
+        for CI): load, faults, the recovery window and the abort window. Request timeouts and
+        think time describe the service and its clients, not the timeline, so they stay."""
         if factor == 1.0:
             return self
         load = self.load.model_copy(update={"duration_s": self.load.duration_s * factor})
@@ -139,7 +170,31 @@ class Drill(BaseModel):
             f.model_copy(update={"start_s": f.start_s * factor, "end_s": f.end_s * factor})
             for f in self.faults
         )
-        return self.model_copy(update={"load": load, "faults": faults})
+        windows = ("recovery_within_s", "breakers_close_within_s", "replicas_back_within_s")
+        e = self.expect
+        expect = e.model_copy(
+            update={k: getattr(e, k) * factor for k in windows if getattr(e, k) is not None}
+        )
+        abort = self.abort.model_copy(update={"window_s": self.abort.window_s * factor})
+        return self.model_copy(update={"load": load, "faults": faults, "expect": expect, "abort": abort})
+
+    @property
+    def settle_s(self) -> float:
+        """Time after the last rollback during which requests are not held to the hypothesis."""
+        return self.expect.recovery_within_s or DEFAULT_SETTLE_S
+
+    def too_short(self) -> str | None:
+        """Why this drill cannot be judged at its length (None: it can): after the last rollback
+        it must leave its recovery window plus MIN_OBSERVATION_S of load to judge."""
+        after = self.load.duration_s - self.fault_end_s
+        e = self.expect
+        window = max(self.settle_s, e.breakers_close_within_s or 0.0, e.replicas_back_within_s or 0.0)
+        if after < window + MIN_OBSERVATION_S:
+            return (
+                f"too short to judge: {after:.1f}s of load after the last rollback, "
+                f"needs {window:.1f}s to recover + {MIN_OBSERVATION_S:.1f}s to observe"
+            )
+        return None
 
     @property
     def fault_start_s(self) -> float:

@@ -13,12 +13,14 @@ from __future__ import annotations
 import itertools
 import json
 import random
-import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from locust import HttpUser, between, task
+
+from aftershock.chaos.record import Record, Recorder, client_retryable
 
 
 @dataclass(frozen=True)
@@ -28,40 +30,9 @@ class LoadSettings:
     seeded: bool = True
     idempotency_share: float = 0.0
     duplicates: int = 2
+    client_retries: int = 0
     timeout_s: float = 20.0
     api_key: str | None = None
-
-
-@dataclass
-class Record:
-    started: float  # seconds since the recorder's start
-    latency_s: float
-    ttft_s: float | None
-    ok: bool
-    status: int
-    stream: bool
-    error: str = ""
-    trace_id: str = ""
-    attempts: int = 1
-    idempotency_key: str = ""
-    text: str = ""
-
-
-@dataclass
-class Recorder:
-    """Thread- and greenlet-safe list of records, timed from `start`."""
-
-    start: float = field(default_factory=time.monotonic)
-    records: list[Record] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def add(self, record: Record) -> None:
-        with self._lock:
-            self.records.append(record)
-
-    def snapshot(self) -> list[Record]:
-        with self._lock:
-            return list(self.records)
 
 
 def _trace_id(headers: Any) -> str:
@@ -77,6 +48,11 @@ class EdgeUser(HttpUser):
     stream: ClassVar[bool] = False
     _seq: ClassVar[itertools.count[int]] = itertools.count()
     _keys: ClassVar[list[int]] = []
+
+    @classmethod
+    def reset_keys(cls) -> None:
+        """Forget the keys of an earlier run, so a drill's duplicates are its own."""
+        cls._keys = []
 
     def _body(self) -> tuple[dict[str, Any], dict[str, str]]:
         s = self.settings
@@ -105,13 +81,27 @@ class EdgeUser(HttpUser):
             body["seed"] = n
         return body, headers
 
-    def _record(self, started: float, **fields: Any) -> None:
+    def _record(self, started: float, attempt: int, **fields: Any) -> Record:
         now = time.monotonic()
-        self.recorder.add(
-            Record(
-                started=started - self.recorder.start, latency_s=now - started, stream=self.stream, **fields
-            )
+        record = Record(
+            started=started - self.recorder.start,
+            latency_s=now - started,
+            stream=self.stream,
+            client_attempt=attempt,
+            **fields,
         )
+        self.recorder.add(record)
+        return record
+
+    def _with_retries(self, send: Callable[[dict[str, Any], dict[str, str], int], Record]) -> None:
+        """Sends one request; a keyed one cut or refused with a retryable status is sent again with
+        the same key and body, as a careful client would, up to `client_retries` times."""
+        body, headers = self._body()
+        retries = self.settings.client_retries if "idempotency-key" in headers else 0
+        for attempt in range(retries + 1):
+            record = send(body, headers, attempt)
+            if record.ok or not client_retryable(record):
+                return
 
 
 class CompletionUser(EdgeUser):
@@ -119,7 +109,9 @@ class CompletionUser(EdgeUser):
 
     @task
     def complete(self) -> None:
-        body, headers = self._body()
+        self._with_retries(self._complete)
+
+    def _complete(self, body: dict[str, Any], headers: dict[str, str], attempt: int) -> Record:
         started = time.monotonic()
         with self.client.post(
             "/v1/chat/completions",
@@ -138,8 +130,9 @@ class CompletionUser(EdgeUser):
             else:
                 error = _error_code(resp.text) or f"http {resp.status_code}"
                 resp.failure(error)
-            self._record(
+            return self._record(
                 started,
+                attempt,
                 ttft_s=time.monotonic() - started if ok else None,
                 ok=ok,
                 status=resp.status_code,
@@ -158,7 +151,9 @@ class StreamingUser(EdgeUser):
 
     @task
     def stream_chat(self) -> None:
-        body, headers = self._body()
+        self._with_retries(self._stream_chat)
+
+    def _stream_chat(self, body: dict[str, Any], headers: dict[str, str], attempt: int) -> Record:
         started = time.monotonic()
         ttft: float | None = None
         parts: list[str] = []
@@ -204,8 +199,9 @@ class StreamingUser(EdgeUser):
                 resp.success()
             else:
                 resp.failure(error)
-            self._record(
+            return self._record(
                 started,
+                attempt,
                 ttft_s=ttft,
                 ok=ok,
                 status=status,

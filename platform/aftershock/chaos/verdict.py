@@ -5,24 +5,25 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Literal
 
+from aftershock.chaos.check import Check, check
+from aftershock.chaos.expectations import metric_checks
+from aftershock.chaos.keyed import keyed_checks
+from aftershock.chaos.record import Record
 from aftershock.chaos.sampler import Sample
-from aftershock.chaos.spec import Drill
-from aftershock.chaos.users import Record
+from aftershock.chaos.spec import MIN_OBSERVATION_S, Drill
 
-Outcome = Literal["pass", "fail", "skipped"]
-# When a drill does not say how long recovery may take, requests this soon after the last
-# rollback are not held to the steady-state hypothesis.
-DEFAULT_SETTLE_S = 3.0
+Verdict = Literal["pass", "fail", "too_short"]
+# The command's exit code per verdict (2 is a usage error).
+EXIT_CODES: dict[Verdict, int] = {"pass": 0, "fail": 1, "too_short": 3}
 
 
-@dataclass(frozen=True)
-class Check:
-    name: str
-    outcome: Outcome
-    detail: str
+def verdict_of(checks: Sequence[Check]) -> Verdict:
+    """A drill too short to judge is neither passed nor failed; otherwise any failed check fails it."""
+    if any(c.outcome == "too_short" for c in checks):
+        return "too_short"
+    return "fail" if any(c.outcome == "fail" for c in checks) else "pass"
 
 
 def _p99(values: Sequence[float]) -> float:
@@ -34,13 +35,12 @@ def _rate(records: Sequence[Record]) -> float:
     return sum(r.ok for r in records) / len(records)
 
 
-def _check(name: str, passed: bool, detail: str) -> Check:
-    return Check(name, "pass" if passed else "fail", detail)
-
-
 def steady(drill: Drill, records: Sequence[Record]) -> list[Record]:
-    settle = drill.expect.recovery_within_s or DEFAULT_SETTLE_S
-    return [r for r in records if r.started < drill.fault_start_s or r.started >= drill.fault_end_s + settle]
+    return [
+        r
+        for r in records
+        if r.started < drill.fault_start_s or r.started >= drill.fault_end_s + drill.settle_s
+    ]
 
 
 def during_fault(drill: Drill, records: Sequence[Record]) -> list[Record]:
@@ -55,120 +55,110 @@ def judge(
     fired_alerts: set[str] | None = None,
 ) -> list[Check]:
     """`fired_alerts`: alert names seen firing during the drill (None: no Prometheus to ask)."""
+
+    short = drill.too_short()
+    if short:
+        return [Check("drill long enough to judge", "too_short", short)]
     checks: list[Check] = []
-    h, e = drill.hypothesis, drill.expect
+    e = drill.expect
     if aborted:
-        checks.append(_check("no abort condition met", False, aborted))
-    calm = steady(drill, records)
-    if not calm:
-        checks.append(_check("steady state: success rate", False, "no requests outside the fault windows"))
-    else:
-        rate = _rate(calm)
-        checks.append(
-            _check(
-                "steady state: success rate",
-                rate >= h.min_success_rate,
-                f"{rate:.2%} of {len(calm)} requests (hypothesis: at least {h.min_success_rate:.2%})",
-            )
-        )
-        ok = [r for r in calm if r.ok]
-        ttfts = [r.ttft_s for r in ok if r.ttft_s is not None]
-        if h.max_p99_ttft_s is not None and ttfts:
-            p = _p99(ttfts)
-            checks.append(
-                _check(
-                    "steady state: p99 TTFT",
-                    p <= h.max_p99_ttft_s,
-                    f"{p:.3f}s (hypothesis: {h.max_p99_ttft_s}s)",
-                )
-            )
-        if h.max_p99_latency_s is not None and ok:
-            p = _p99([r.latency_s for r in ok])
-            checks.append(
-                _check(
-                    "steady state: p99 latency",
-                    p <= h.max_p99_latency_s,
-                    f"{p:.3f}s (hypothesis: {h.max_p99_latency_s}s)",
-                )
-            )
+        checks.append(check("no abort condition met", False, aborted))
+    checks += _hypothesis(drill, records)
     if e.max_error_rate_during_fault is not None:
         hit = during_fault(drill, records)
         if not hit:
-            checks.append(_check("error rate during the fault", False, "no requests during the fault"))
+            checks.append(check("error rate during the fault", False, "no requests during the fault"))
         else:
             err = 1 - _rate(hit)
             checks.append(
-                _check(
+                check(
                     "error rate during the fault",
                     err <= e.max_error_rate_during_fault,
                     f"{err:.2%} of {len(hit)} requests (at most {e.max_error_rate_during_fault:.2%})",
                 )
             )
-    for target in e.breaker_opened:
-        opened = [s.t for s in samples if s.breakers.get(target) == 1]
-        detail = f"open from {opened[0]:.1f}s" if opened else "never seen open"
-        checks.append(_check(f"breaker {target} opened", bool(opened), detail))
     if e.recovery_within_s is not None:
         checks.append(_recovery(drill, records))
     if e.no_duplicate_generations:
-        checks.append(_duplicates(records))
-    if e.min_retries is not None:
-        n = _delta(samples, "aftershock_retries_total")
-        checks.append(
-            _check("retries happened", n >= e.min_retries, f"{n:.0f} retries (at least {e.min_retries})")
-        )
-    if e.min_failovers is not None:
-        n = _delta(samples, "aftershock_failovers_total")
-        checks.append(
-            _check(
-                "failovers happened", n >= e.min_failovers, f"{n:.0f} failovers (at least {e.min_failovers})"
-            )
-        )
+        checks.append(_duplicates(records, e.min_repeated_keys))
+    checks += metric_checks(drill, records, samples)
+    checks += keyed_checks(e.min_goodput, e.max_lost, records, samples)
     for alert in e.alerts:
         if fired_alerts is None:
             checks.append(
                 Check(f"alert {alert} fired", "skipped", "needs --prometheus (staging); not evaluated")
             )
         else:
+            firing = alert in fired_alerts
             checks.append(
-                _check(
-                    f"alert {alert} fired",
-                    alert in fired_alerts,
-                    "firing" if alert in fired_alerts else "not seen firing during the drill",
+                check(
+                    f"alert {alert} fired", firing, "firing" if firing else "not seen firing during the drill"
                 )
             )
     return checks
 
 
-def _delta(samples: Sequence[Sample], name: str) -> float:
-    if not samples:
-        return 0.0
-    return samples[-1].counters.get(name, 0.0) - samples[0].counters.get(name, 0.0)
+def _hypothesis(drill: Drill, records: Sequence[Record]) -> list[Check]:
+    h = drill.hypothesis
+    calm = steady(drill, records)
+    if not calm:
+        return [check("steady state: success rate", False, "no requests outside the fault windows")]
+    rate = _rate(calm)
+    checks = [
+        check(
+            "steady state: success rate",
+            rate >= h.min_success_rate,
+            f"{rate:.2%} of {len(calm)} requests (hypothesis: at least {h.min_success_rate:.2%})",
+        )
+    ]
+    ok = [r for r in calm if r.ok]
+    ttfts = [r.ttft_s for r in ok if r.ttft_s is not None]
+    if h.max_p99_ttft_s is not None and ttfts:
+        p = _p99(ttfts)
+        checks.append(
+            check(
+                "steady state: p99 TTFT", p <= h.max_p99_ttft_s, f"{p:.3f}s (hypothesis: {h.max_p99_ttft_s}s)"
+            )
+        )
+    if h.max_p99_latency_s is not None and ok:
+        p = _p99([r.latency_s for r in ok])
+        checks.append(
+            check(
+                "steady state: p99 latency",
+                p <= h.max_p99_latency_s,
+                f"{p:.3f}s (hypothesis: {h.max_p99_latency_s}s)",
+            )
+        )
+    return checks
 
 
 def _recovery(drill: Drill, records: Sequence[Record]) -> Check:
-    """First second after the last rollback from which every later 2 s window meets the hypothesis."""
+    """First moment after the last rollback from which every later 2 s window meets the
+    hypothesis, with at least MIN_OBSERVATION_S of load after it to rest on."""
     limit = drill.expect.recovery_within_s
     assert limit is not None
     end = drill.fault_end_s
     after = [r for r in records if r.started >= end]
     if not after:
-        return _check("recovery after rollback", False, "no requests after the fault")
+        return check("recovery after rollback", False, "no requests after the fault")
     horizon = max(r.started for r in after)
     t = end
-    while t <= horizon:
+    while t + MIN_OBSERVATION_S <= horizon:
         later = [r for r in after if r.started >= t]
         windows = [[r for r in later if w <= r.started < w + 2.0] for w in _frange(t, horizon, 1.0)]
         if all(not win or _rate(win) >= drill.hypothesis.min_success_rate for win in windows):
             took = t - end
-            return _check(
+            return check(
                 "recovery after rollback",
                 took <= limit,
-                f"recovered {took:.1f}s after rollback (within {limit}s)",
+                f"recovered {took:.1f}s after rollback (within {limit:g}s)",
             )
         t += 0.5
-    return _check(
-        "recovery after rollback", False, f"not recovered by the end of the load ({horizon - end:.1f}s)"
+    return check(
+        "recovery after rollback",
+        False,
+        f"not recovered with {MIN_OBSERVATION_S:g}s left to observe "
+        f"({horizon - end:.1f}s of load after rollback)",
     )
 
 
@@ -181,18 +171,23 @@ def _frange(start: float, stop: float, step: float) -> list[float]:
     return out
 
 
-def _duplicates(records: Sequence[Record]) -> Check:
+def _duplicates(records: Sequence[Record], min_repeated: int) -> Check:
     texts: dict[str, set[str]] = defaultdict(set)
+    answers: dict[str, int] = defaultdict(int)
     for r in records:
         if r.ok and r.idempotency_key:
             texts[r.idempotency_key].add(r.text)
-    if not texts:
-        return _check("no duplicate generations", False, "no keyed requests succeeded")
+            answers[r.idempotency_key] += 1
     split = sorted(k for k, v in texts.items() if len(v) > 1)
-    repeats = sum(1 for r in records if r.ok and r.idempotency_key) - len(texts)
-    detail = (
-        f"{len(texts)} keys, {repeats} repeated requests, all answered with one text"
-        if not split
-        else f"{len(split)} keys answered with different texts: {', '.join(split[:5])}"
+    repeated = sum(1 for n in answers.values() if n > 1)
+    if split:
+        return check(
+            "no duplicate generations",
+            False,
+            f"{len(split)} keys answered with different texts: {', '.join(split[:5])}",
+        )
+    return check(
+        "no duplicate generations",
+        repeated >= min_repeated,
+        f"{len(texts)} keys, {repeated} answered more than once (at least {min_repeated}), one text each",
     )
-    return _check("no duplicate generations", not split, detail)

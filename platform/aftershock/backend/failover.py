@@ -20,6 +20,7 @@ from opentelemetry import trace
 from aftershock import errors
 from aftershock.backend.attempt import TryTimeout, attempt, code_of, final_error
 from aftershock.backend.hedging import Hedging
+from aftershock.backend.registry import HedgeRoute
 from aftershock.backend.replicas import Replica
 from aftershock.backend.resume import ResumeCursor, is_deterministic
 from aftershock.backend.retry import RETRYABLE, RetryBudget, RetryConfig, backoff_s
@@ -39,7 +40,13 @@ class NotReproducible(errors.Unavailable):
 
 class Failover:
     def __init__(
-        self, router: Router, metrics: BackendMetrics, retry: RetryConfig, clock: Clock, rng: random.Random
+        self,
+        router: Router,
+        metrics: BackendMetrics,
+        retry: RetryConfig,
+        clock: Clock,
+        rng: random.Random,
+        hedge: HedgeRoute | None = None,
     ) -> None:
         self._router = router
         self._metrics = metrics
@@ -47,7 +54,7 @@ class Failover:
         self._budget = RetryBudget(retry, clock)
         self._clock = clock
         self._rng = rng
-        self._hedging = Hedging(router, metrics, self._budget)
+        self._hedging = Hedging(router, metrics, self._budget, hedge)
 
     async def relay(
         self, request: pb.GenerateRequest, deadline: float | None

@@ -30,7 +30,11 @@ def hedge_config(route: HedgeRoute) -> HedgeConfig:
 
 
 class Hedging:
-    def __init__(self, router: Router, metrics: BackendMetrics, budget: RetryBudget) -> None:
+    def __init__(
+        self, router: Router, metrics: BackendMetrics, budget: RetryBudget, default: HedgeRoute | None = None
+    ) -> None:
+        # For models whose registry route says nothing about hedging.
+        self._default = default or HedgeRoute()
         self._router = router
         self._metrics = metrics
         self._budget = budget
@@ -53,9 +57,11 @@ class Hedging:
     ) -> tuple[Messages, Replica]:
         """The messages of the first try, or of its hedge when that answers first."""
         model_route = self._router.model_route(route.model)
-        if not request.stream or model_route is None or not model_route.hedge.enabled:
+        if not request.stream or model_route is None:
             return stream, replica
-        config = hedge_config(model_route.hedge)
+        config = hedge_config(model_route.hedge or self._default)
+        if not config.enabled:
+            return stream, replica
         times = self._times_of(route.model, config)
         after = threshold(config, times)
         replicas = [replica]

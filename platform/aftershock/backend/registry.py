@@ -48,7 +48,8 @@ class ModelRoute(BaseModel):
     # Other models to serve the request, in order, when this one has no replica that can serve
     # or the prompt exceeds its context.
     fallback_models: tuple[str, ...] = ()
-    hedge: HedgeRoute = HedgeRoute()
+    # Unset: the backend's default (AFTERSHOCK_BACKEND_HEDGE_*), off unless configured.
+    hedge: HedgeRoute | None = None
 
     @property
     def tiers(self) -> tuple[tuple[str, ...], ...]:

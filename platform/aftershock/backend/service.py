@@ -76,6 +76,7 @@ class BackendService:
             max_in_flight=self.settings.max_in_flight,
             dedupe=self.dedupe,
             dedupe_content_hash=self.settings.dedupe_content_hash,
+            hedge=self.settings.hedge_default(),
         )
         self._server = await start_server(
             host=self.settings.host,

@@ -18,7 +18,7 @@ from opentelemetry import trace
 from aftershock import errors
 from aftershock.backend.dedupe import Dedupe, Identity, content_key, fingerprint
 from aftershock.backend.failover import Failover
-from aftershock.backend.registry import ModelRegistry
+from aftershock.backend.registry import HedgeRoute, ModelRegistry
 from aftershock.backend.replicas import ReplicaPool
 from aftershock.backend.resume import is_deterministic
 from aftershock.backend.retry import RetryConfig
@@ -46,12 +46,15 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
         dedupe_content_hash: bool = False,
         clock: Clock = SYSTEM_CLOCK,
         rng: random.Random | None = None,
+        hedge: HedgeRoute | None = None,
     ) -> None:
         self._registry = registry
         self._pool = pool
         self._router = router
         self._metrics = metrics
-        self._failover = Failover(router, metrics, retry or RetryConfig(), clock, rng or random.Random())
+        self._failover = Failover(
+            router, metrics, retry or RetryConfig(), clock, rng or random.Random(), hedge
+        )
         self._max_in_flight = max_in_flight
         self._dedupe = dedupe
         self._dedupe_content_hash = dedupe_content_hash

@@ -13,7 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from aftershock.backend.dedupe import DedupeConfig
 from aftershock.backend.placement import PlacementConfig
-from aftershock.backend.registry import ModelRoute, RegistryConfig, ReplicaConfig
+from aftershock.backend.registry import HedgeRoute, ModelRoute, RegistryConfig, ReplicaConfig
 from aftershock.backend.retry import RetryConfig
 from aftershock.breaker import BreakerConfig
 from aftershock.redis_guard import DEFAULT_TIMEOUT_S
@@ -47,6 +47,11 @@ class BackendSettings(BaseSettings):
     routing_block_chars: int = Field(PlacementConfig.block_chars, gt=0)
     routing_key_blocks: int = Field(PlacementConfig.key_blocks, gt=0)
     routing_load_factor: float = Field(PlacementConfig.load_factor, ge=1.0)
+    # Hedged first tokens for models whose registry entry has no `hedge:` of its own: off unless
+    # enabled; a fixed threshold, or (unset) the model's recent first-token quantile.
+    hedge_enabled: bool = HedgeRoute().enabled
+    hedge_after_s: float | None = Field(None, gt=0)
+    hedge_quantile: float = Field(HedgeRoute().quantile, gt=0, lt=1)
     # How often each replica's engine load (running, waiting, KV cache) is polled.
     load_poll_s: float = Field(0.25, gt=0)
 
@@ -94,6 +99,11 @@ class BackendSettings(BaseSettings):
             budget_ratio=self.retry_budget_ratio,
             budget_min_per_s=self.retry_budget_min_per_s,
             budget_window_s=self.retry_budget_window_s,
+        )
+
+    def hedge_default(self) -> HedgeRoute:
+        return HedgeRoute(
+            enabled=self.hedge_enabled, after_s=self.hedge_after_s, quantile=self.hedge_quantile
         )
 
     def placement_config(self) -> PlacementConfig:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 
 from aftershock.chaos.check import Check, check
 from aftershock.chaos.record import Record
-from aftershock.chaos.sampler import RESUMED_FAILOVERS, Sample
+from aftershock.chaos.sampler import HEDGES_STARTED, RESUMED_FAILOVERS, Sample
 from aftershock.chaos.spec import Drill
 
 _DEDUPED = ("claimed", "joined", "replayed", "taken_over")
@@ -76,7 +76,35 @@ def metric_checks(drill: Drill, records: Sequence[Record], samples: Sequence[Sam
                 f"(at most {e.max_calls_per_request:g}), {refused:.0f} retries refused by the budget",
             )
         )
+    if e.max_ttft_p99_s is not None:
+        checks.append(_ttft_p99(drill, records, e.max_ttft_p99_s))
+    if e.max_hedged_share is not None:
+        hedged = delta(samples, HEDGES_STARTED)
+        share = hedged / max(1, len(records))
+        checks.append(
+            check(
+                "hedges within their share",
+                share <= e.max_hedged_share,
+                f"{hedged:.0f} hedges for {len(records)} requests: {share:.1%} "
+                f"(at most {e.max_hedged_share:.0%})",
+            )
+        )
     return checks
+
+
+def _ttft_p99(drill: Drill, records: Sequence[Record], limit: float) -> Check:
+    """p99 TTFT of the streams that started while a fault was on (each fault's own window)."""
+    windows = [(f.start_s, f.end_s) for f in drill.faults]
+    ttfts = sorted(
+        r.ttft_s
+        for r in records
+        if r.stream and r.ok and r.ttft_s is not None and any(a <= r.started < b for a, b in windows)
+    )
+    if len(ttfts) < 50:
+        return check("TTFT p99 during the faults", False, f"only {len(ttfts)} streams: too few for a p99")
+    p99 = ttfts[min(len(ttfts) - 1, int(0.99 * len(ttfts)))]
+    detail = f"{p99 * 1000:.0f} ms over {len(ttfts)} streams (at most {limit * 1000:.0f} ms)"
+    return check("TTFT p99 during the faults", p99 <= limit, detail)
 
 
 def _closed(target: str) -> Callable[[Sample], bool]:

@@ -19,7 +19,11 @@ _COUNTERS = (
 )
 # Counters judged on one label set only, kept under their own names.
 RESUMED_FAILOVERS = "aftershock_failovers_resumed"
-_LABELLED = {RESUMED_FAILOVERS: ("aftershock_failovers_total", {"phase": "mid_stream", "outcome": "resumed"})}
+HEDGES_STARTED = "aftershock_hedges_started"
+_LABELLED = {
+    RESUMED_FAILOVERS: ("aftershock_failovers_total", {"phase": "mid_stream", "outcome": "resumed"}),
+    HEDGES_STARTED: ("aftershock_hedges_total", {"outcome": "started"}),
+}
 
 
 @dataclass

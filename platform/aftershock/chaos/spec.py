@@ -124,6 +124,11 @@ class Expect(BaseModel):
     max_lost: int | None = Field(None, ge=0)
     # Backend->inference tries per edge request stay at or under this (retry amplification).
     max_calls_per_request: float | None = Field(None, gt=0)
+    # p99 time to first token of the streams started while a fault was on, at most this (seconds).
+    # Not scaled by --time-scale: it is a latency, judged against toxics' latencies, which are not.
+    max_ttft_p99_s: float | None = Field(None, gt=0)
+    # Hedged first tokens started per edge request, at most this share (the extra engine work).
+    max_hedged_share: float | None = Field(None, ge=0, le=1)
     # Alert names that should fire; checked only when a Prometheus URL is given (staging).
     alerts: tuple[str, ...] = ()
 

@@ -7,7 +7,7 @@ from collections.abc import Collection
 
 from aftershock import errors
 from aftershock.backend.registry import ModelRegistry
-from aftershock.backend.replicas import Replica, ReplicaPool
+from aftershock.backend.replicas import Replica, ReplicaPool, every_replica_waiting
 
 
 class Router:
@@ -26,9 +26,12 @@ class Router:
         """A healthy replica not yet tried; a tried one only when nothing else is left."""
         replicas = self.replicas_of(model)
         healthy = [r for r in replicas if r.healthy]
-        admitted = [r for r in healthy if r.breaker.admits()]
+        now = self._pool.clock.now()
+        admitted = [r for r in healthy if r.routable(now)]
         candidates = [r for r in admitted if r.name not in exclude] or admitted
         if not candidates:
+            if (waiting := every_replica_waiting(model, replicas, now)) is not None:
+                raise waiting
             if healthy:
                 raise errors.Unavailable(
                     f"Every replica of model '{model}' has its circuit breaker open.",

@@ -224,11 +224,6 @@ async def test_upstream_retry_after_reaches_the_client_when_every_replica_waits(
     assert all(up.stats()["faulted"] >= 1 for up in stack.upstreams), "both replicas were tried"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="backend: a replica's Retry-After does not yet keep it out of rotation (see the issue-12 "
-    "report; the backend's passive-health redesign owns it). Strict: passes, and so fails, once done.",
-)
 async def test_upstream_retry_after_keeps_that_replica_out_for_that_long(stack: UpstreamStack) -> None:
     stack.upstreams[0].fault("status", status=429, retry_after_s=5, count=1)
 

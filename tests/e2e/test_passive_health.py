@@ -17,7 +17,7 @@ import pytest
 from aftershock.stack import StackConfig
 
 from tests.conftest import ARTIFACTS
-from tests.e2e.test_upstream_faults import MODEL, UpstreamStack, body
+from tests.e2e.test_upstream_faults import MODEL, UpstreamStack, body, wait_every_replica_healthy
 from tests.scrape import metric, scrape
 from tests.upstream_proc import start_upstream
 
@@ -44,6 +44,7 @@ def stack(request: pytest.FixtureRequest) -> Iterator[UpstreamStack]:
     stack = UpstreamStack(config, upstreams)
     try:
         stack.start(models=[MODEL])
+        wait_every_replica_healthy(stack)
         yield stack
     finally:
         for proc in stack.procs():

@@ -66,6 +66,7 @@ def stack(request: pytest.FixtureRequest) -> Iterator[UpstreamStack]:
     stack = UpstreamStack(config, upstreams)
     try:
         stack.start(models=[MODEL])
+        wait_every_replica_healthy(stack)
         yield stack
     finally:
         for proc in stack.procs():
@@ -74,6 +75,16 @@ def stack(request: pytest.FixtureRequest) -> Iterator[UpstreamStack]:
         stack.stop()
         for up in upstreams:
             up.stop()
+
+
+def wait_every_replica_healthy(stack: Stack, within_s: float = 20.0) -> None:
+    """The edge is ready with one replica per model; these tests need both in rotation from the
+    start (with one still connecting, a try that fails with Retry-After has nowhere else to go)."""
+    assert stack.backend is not None
+    deadline = time.monotonic() + within_s
+    while metric(scrape(stack.backend.metrics_port), "aftershock_replica_healthy") < len(stack.inference):
+        assert time.monotonic() < deadline, "not every replica became healthy"
+        time.sleep(0.05)
 
 
 def body(i: int, *, seeded: bool = True, stream: bool = True, max_tokens: int = 12) -> dict[str, Any]:

@@ -138,6 +138,19 @@ class BackendMetrics(HopMetrics):
             ["model", "replica"],
             registry=registry,
         )
+        self.replica_routable = Gauge(
+            "aftershock_replica_routable",
+            "1 when routing would send the replica a new request now: health SERVING, its breaker "
+            "admitting (not ejected) and no Retry-After it asked for still running; else 0.",
+            ["model", "replica"],
+            registry=registry,
+        )
+        self.replica_retry_after_total = Counter(
+            "aftershock_replica_retry_after",
+            "Failed tries whose Retry-After kept that replica out of routing for that long.",
+            ["replica", "code"],
+            registry=registry,
+        )
         self.breaker_state = Gauge(
             "aftershock_breaker_state",
             "Circuit breaker state per downstream target: 0 closed, 1 open, 2 half-open.",

@@ -85,6 +85,8 @@ async def test_apply_keeps_unchanged_replicas_and_drops_removed_ones(env: Env) -
         raise ConnectionError("down")
     assert b.breaker.state == OPEN
     assert env.sample("aftershock_breaker_state", target="inference:b") == 1
+    assert env.sample("aftershock_replica_routable", model="m", replica="b") == 0  # ejected
+    assert env.sample("aftershock_replica_healthy", model="m", replica="b") == 1  # yet SERVING
     # b leaves the configuration: its channel, health gauge and breaker series go with it.
     only_a = RegistryConfig(
         replicas=(ReplicaConfig(name="a", address=env.a.address),),
@@ -95,6 +97,8 @@ async def test_apply_keeps_unchanged_replicas_and_drops_removed_ones(env: Env) -
     assert env.pool.get("b") is None
     assert env.sample("aftershock_replica_healthy", model="m", replica="b") is None
     assert env.sample("aftershock_replica_healthy", model="other", replica="b") is None
+    assert env.sample("aftershock_replica_routable", model="m", replica="b") is None
+    assert env.sample("aftershock_replica_routable", model="m", replica="a") == 1
     assert env.sample("aftershock_breaker_state", target="inference:b") is None
     assert set(env.pool.breakers()) == {"inference:a"}
 

@@ -52,6 +52,21 @@ def is_replica_failure(exc: BaseException) -> bool:
     return isinstance(exc, grpc.aio.AioRpcError) and exc.code() in REPLICA_FAILURES
 
 
+# Failures whose Retry-After is about the replica (it is overloaded or unavailable for that long).
+HOLDS_FOR_RETRY_AFTER = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE})
+
+
+def hold_replica(replica: Replica, exc: grpc.aio.AioRpcError, metrics: BackendMetrics) -> None:
+    """Keep the replica out of routing for as long as its failure asked (nothing when it did not
+    say); a failed request's effect on the breaker is the breaker's own business."""
+    if exc.code() not in HOLDS_FOR_RETRY_AFTER:
+        return
+    wait = error_from_rpc(exc).retry_after_s
+    if wait is not None and wait > 0:
+        replica.hold_off(wait)
+        metrics.replica_retry_after_total.labels(replica.name, exc.code().name).inc()
+
+
 def code_of(exc: BaseException) -> grpc.StatusCode:
     if isinstance(exc, grpc.aio.AioRpcError):
         return exc.code()
@@ -106,8 +121,7 @@ async def attempt(
             yield msg
     except grpc.aio.AioRpcError as exc:
         code = exc.code().name
-        if exc.code() == grpc.StatusCode.UNAVAILABLE:
-            replica.mark_unhealthy()
+        hold_replica(replica, exc, metrics)
         raise
     except TryTimeout:
         code = "DEADLINE_EXCEEDED"

@@ -1,18 +1,28 @@
-"""Inference replicas: one channel each, health watched over grpc.health.v1, model limits learned."""
+"""Inference replicas: one channel each, health watched over grpc.health.v1, model limits learned.
+
+Whether routing sends a replica new requests is decided by three things, each owning one question:
+the health watch (is the process up and SERVING?), the replica's breaker (has it been failing
+requests? it ejects the replica, for longer after each ejection in a row, then lets trial calls
+decide), and a Retry-After the replica itself asked for (not before then). `Replica.routable`
+combines them, and `aftershock_replica_routable` exports exactly that.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from aftershock import errors
 from aftershock.backend.breaker_metrics import BreakerMetrics
 from aftershock.backend.placement import EngineLoad
 from aftershock.backend.registry import RegistryConfig, ReplicaConfig
 from aftershock.breaker import Breaker, BreakerConfig, BreakerListener
+from aftershock.clock import SYSTEM_CLOCK, Clock
 from aftershock.metrics import BackendMetrics
 from aftershock.rpc.client import insecure_channel
 from aftershock.v1 import generation_pb2 as pb
@@ -21,6 +31,9 @@ from aftershock.v1 import inference_pb2_grpc
 log = logging.getLogger(__name__)
 
 INFERENCE_SERVICE = "aftershock.v1.Inference"
+# A replica that keeps failing after its trials stays out 10 s, 20 s, ... up to a minute.
+REPLICA_EJECTION_MAX_S = 60.0
+REPLICA_BREAKER = BreakerConfig(reset_timeout_max_s=REPLICA_EJECTION_MAX_S)
 
 
 class Replica:
@@ -30,9 +43,14 @@ class Replica:
         breaker: BreakerConfig | None = None,
         is_failure: Callable[[BaseException], bool] = lambda exc: True,
         listeners: Sequence[BreakerListener] = (),
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.breaker = Breaker(
-            f"inference:{config.name}", breaker or BreakerConfig(), is_failure=is_failure, listeners=listeners
+            f"inference:{config.name}",
+            breaker or REPLICA_BREAKER,
+            is_failure=is_failure,
+            listeners=listeners,
+            clock=clock,
         )
         self.name = config.name
         self.address = config.address
@@ -43,17 +61,42 @@ class Replica:
         # What the engine last reported (running, waiting, KV cache usage); see placement.
         self.load = EngineLoad()
         self.models: dict[str, pb.ModelInfo] = {}
+        self.not_before = float("-inf")  # on the clock: the replica asked not to be called before
+        self._clock = clock
         self._watch: asyncio.Task[None] | None = None
 
-    def mark_unhealthy(self) -> None:
-        """A call failed at the transport: stop routing here until health says SERVING again."""
-        self.healthy = False
+    def hold_off(self, seconds: float) -> None:
+        """The replica answered with a Retry-After: no new request goes there for that long."""
+        self.not_before = max(self.not_before, self._clock.now() + seconds)
+
+    def waiting_s(self, now: float) -> float:
+        """How long until the replica's Retry-After has passed (0 when it has)."""
+        return max(0.0, self.not_before - now)
+
+    def routable(self, now: float) -> bool:
+        """Would routing send this replica a new request now?"""
+        return self.healthy and self.waiting_s(now) == 0 and self.breaker.admits()
 
     async def close(self) -> None:
         if self._watch is not None:
             self._watch.cancel()
             await asyncio.gather(self._watch, return_exceptions=True)
         await self.channel.close()
+
+
+def every_replica_waiting(
+    model: str, replicas: Sequence[Replica], now: float
+) -> errors.ResourceExhausted | None:
+    """When no replica is routable and a healthy one is only waiting out its Retry-After: the error
+    that passes the shortest such wait on to the caller (None when no replica is waiting)."""
+    waits = [w for r in replicas if r.healthy and (w := r.waiting_s(now)) > 0]
+    if not waits:
+        return None
+    return errors.ResourceExhausted(
+        f"Every replica of model '{model}' asked to be called again later.",
+        error_type="replicas_waiting",
+        retry_after_s=min(waits),
+    )
 
 
 class ReplicaPool:
@@ -67,9 +110,11 @@ class ReplicaPool:
         is_failure: Callable[[BaseException], bool] = lambda exc: True,
         retry_min_s: float = 0.2,
         retry_max_s: float = 2.0,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._metrics = metrics
-        self._breaker = breaker or BreakerConfig()
+        self.clock = clock
+        self._breaker = breaker or REPLICA_BREAKER
         self._is_failure = is_failure
         # Every replica's breaker reports to these (metrics; BreakerSync when state is shared).
         self.breaker_listeners: list[BreakerListener] = [BreakerMetrics(metrics)]
@@ -95,23 +140,32 @@ class ReplicaPool:
                 await old.close()
         for name, rc in wanted.items():
             if name not in self.replicas:
-                replica = Replica(rc, self._breaker, self._is_failure, tuple(self.breaker_listeners))
+                replica = Replica(
+                    rc, self._breaker, self._is_failure, tuple(self.breaker_listeners), clock=self.clock
+                )
                 self.replicas[name] = replica
                 replica._watch = asyncio.create_task(self._watch(replica), name=f"health-{name}")
         self._publish()
 
     def _publish(self) -> None:
-        gauge = self._metrics.replica_healthy
+        gauge, routable = self._metrics.replica_healthy, self._metrics.replica_routable
         current: set[tuple[str, str]] = set()
         for route in self._config.models:
             for name in route.replicas:
                 replica = self.replicas.get(name)
                 gauge.labels(route.name, name).set(1 if replica is not None and replica.healthy else 0)
+                # Read at scrape time: an ejection or a Retry-After ends with no event to publish on.
+                routable.labels(route.name, name).set_function(partial(self._routable, name))
                 current.add((route.name, name))
         # A route removed from the registry must not keep reporting a replica as down.
         for stale in self._published - current:
             gauge.remove(*stale)
+            routable.remove(*stale)
         self._published = current
+
+    def _routable(self, name: str) -> float:
+        replica = self.replicas.get(name)
+        return 1.0 if replica is not None and replica.routable(self.clock.now()) else 0.0
 
     def _set_health(self, replica: Replica, healthy: bool) -> None:
         if replica.healthy != healthy:

@@ -17,7 +17,7 @@ from aftershock.backend.hashring import point
 from aftershock.backend.placement import Candidate, Placement, PlacementConfig, Reason
 from aftershock.backend.prefix import prefix_key
 from aftershock.backend.registry import ModelRegistry, ModelRoute
-from aftershock.backend.replicas import Replica, ReplicaPool
+from aftershock.backend.replicas import Replica, ReplicaPool, every_replica_waiting
 from aftershock.v1 import generation_pb2 as pb
 
 RouteReason = Reason | Literal["fallback_tier", "fallback_model"]
@@ -54,9 +54,9 @@ class Router:
         return [r for n in names if (r := self._pool.get(n)) is not None]
 
     def _candidates(self, names: Collection[str], exclude: Collection[str]) -> list[Replica]:
-        admitted = [
-            r for n in names if (r := self._pool.get(n)) is not None and r.healthy and r.breaker.admits()
-        ]
+        # Healthy, not waiting out a Retry-After, and its breaker admits (one predicate: routable).
+        now = self._pool.clock.now()
+        admitted = [r for n in names if (r := self._pool.get(n)) is not None and r.routable(now)]
         return [r for r in admitted if r.name not in exclude] or admitted
 
     def model_route(self, model: str) -> ModelRoute | None:
@@ -110,8 +110,12 @@ class Router:
         )
         return by_name[name], reason
 
-    def _unavailable(self, model: str) -> errors.Unavailable:
-        if any(r.healthy for r in self.replicas_of(model)):
+    def _unavailable(self, model: str) -> errors.AftershockError:
+        replicas = self.replicas_of(model)
+        waiting = every_replica_waiting(model, replicas, self._pool.clock.now())
+        if waiting is not None:
+            return waiting
+        if any(r.healthy for r in replicas):
             return errors.Unavailable(
                 f"Every replica of model '{model}' has its circuit breaker open.",
                 error_type="circuit_open",

@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from aftershock.backend.dedupe import DedupeConfig
 from aftershock.backend.placement import PlacementConfig
 from aftershock.backend.registry import HedgeRoute, ModelRoute, RegistryConfig, ReplicaConfig
+from aftershock.backend.replicas import REPLICA_EJECTION_MAX_S
 from aftershock.backend.retry import RetryConfig
 from aftershock.breaker import BreakerConfig
 from aftershock.redis_guard import DEFAULT_TIMEOUT_S
@@ -62,6 +63,8 @@ class BackendSettings(BaseSettings):
     breaker_fail_max: int = Field(BreakerConfig.fail_max, gt=0)
     breaker_reset_timeout_s: float = Field(BreakerConfig.reset_timeout_s, gt=0)
     breaker_half_open_max_calls: int = Field(BreakerConfig.half_open_max_calls, gt=0)
+    # Each ejection in a row (a failed trial) keeps the replica out one reset timeout longer, up to this.
+    breaker_reset_timeout_max_s: float = Field(REPLICA_EJECTION_MAX_S, gt=0)
     # Share breaker openings with the other backend replicas through redis_url.
     breaker_shared_state: bool = False
 
@@ -119,6 +122,8 @@ class BackendSettings(BaseSettings):
             fail_max=self.breaker_fail_max,
             reset_timeout_s=self.breaker_reset_timeout_s,
             half_open_max_calls=self.breaker_half_open_max_calls,
+            # Never below the reset timeout: a larger base alone still means a fixed ejection time.
+            reset_timeout_max_s=max(self.breaker_reset_timeout_max_s, self.breaker_reset_timeout_s),
         )
 
     def dedupe_config(self) -> DedupeConfig | None:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The contract lane: the vllm engine checked against the real vllm package, at the version deploy/
-# runs (requirements/vllm.txt). CI runs it after scripts/test.sh (.ci/run); the default test command
+# runs (requirements/vllm.txt). CI runs it before scripts/test.sh (.ci/run); the default test command
 # leaves it out because the environment is large (vLLM with its CUDA PyTorch, about 9 GB; the first
 # run installs it, about 8 minutes, later runs reuse it). Extra arguments go to pytest.
 #

@@ -27,7 +27,8 @@ def exposed() -> dict[str, set[str]]:
     classes = [
         cls
         for _, cls in inspect.getmembers(metrics_module, inspect.isclass)
-        if cls.__module__ == metrics_module.__name__ and "registry" in inspect.signature(cls).parameters
+        if cls.__module__.startswith(metrics_module.__name__ + ".")
+        and "registry" in inspect.signature(cls).parameters
     ]
     assert classes, "no metric classes found in aftershock.metrics"
     for cls in classes:

@@ -1,4 +1,4 @@
-"""Every PromQL expression in alerts/, for tests that check them against promtool and metrics.py here,
+"""Every PromQL expression in alerts/, for tests that check them against promtool and aftershock.metrics here,
 or evaluate them against a real Prometheus that scraped the running stack.
 
 tests/alerts is not a package: load this module by path.

@@ -212,7 +212,7 @@ def test_every_alert_is_unit_tested_firing_and_quiet() -> None:
 
 
 def test_queries_read_metrics_and_labels_that_exist(known_series: dict[str, set[str]]) -> None:
-    """A misspelt metric or label never matches, so its alert can never fire: check against metrics.py."""
+    """A misspelt metric or label never matches, so its alert can never fire: check aftershock.metrics."""
     problems: list[str] = []
     exprs = list(rules.iter_exprs())
     assert {e.kind for e in exprs} == {"record", "alert", "template", "runbook"}

@@ -12,6 +12,9 @@ import grpc
 ERROR_TYPE_KEY = "aftershock-error-type"
 ERROR_PARAM_KEY = "aftershock-error-param"
 RETRY_AFTER_KEY = "aftershock-retry-after-ms"
+# How long the failing replica itself asked to be left alone (a model server's explicit Retry-After);
+# unlike RETRY_AFTER_KEY, a hint to the client, this keeps the backend's routing away from it.
+HOLD_KEY = "aftershock-hold-replica-ms"
 # OpenAI's error code for a prompt plus max_tokens beyond the model's context; the backend tries the
 # model's fallback chain on it.
 CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
@@ -30,11 +33,13 @@ class AftershockError(Exception):
         param: str | None = None,
         error_type: str | None = None,
         retry_after_s: float | None = None,
+        hold_s: float | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         self.retry_after_s = retry_after_s
+        self.hold_s = hold_s
         if error_type is not None:
             self.error_type = error_type
 
@@ -44,6 +49,8 @@ class AftershockError(Exception):
             md.append((ERROR_PARAM_KEY, self.param))
         if self.retry_after_s is not None:
             md.append((RETRY_AFTER_KEY, str(max(0, round(self.retry_after_s * 1000)))))
+        if self.hold_s is not None:
+            md.append((HOLD_KEY, str(max(0, round(self.hold_s * 1000)))))
         return tuple(md)
 
 

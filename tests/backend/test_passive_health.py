@@ -4,7 +4,7 @@ trial), a replica's Retry-After keeps it out for that long, and `aftershock_repl
 what routing does while `aftershock_replica_healthy` keeps saying what the health watch sees.
 
 The sims' status-level faults stand in for a replica in trouble: on replica `a`, model `flaky`
-always fails (INTERNAL) and model `busy` always answers RESOURCE_EXHAUSTED with a 1 s Retry-After;
+always fails (INTERNAL) and model `busy` always answers RESOURCE_EXHAUSTED asking for a 1 s hold;
 `jammed` does that on both replicas. `m` works everywhere."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from tests.inproc import RunningInference, generate_request, start_inference
 
 RESET_S = 10.0
 ALWAYS_FAILS = {"fault_error_rate": 1.0}
-ALWAYS_BUSY = {"fault_overloaded_rate": 1.0}
+ALWAYS_BUSY = {"fault_overloaded_rate": 1.0, "fault_overloaded_hold_s": 1.0}
 
 
 def models(**faults: dict[str, float]) -> tuple[SimModelConfig, ...]:

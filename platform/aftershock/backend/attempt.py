@@ -57,11 +57,12 @@ HOLDS_FOR_RETRY_AFTER = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.Stat
 
 
 def hold_replica(replica: Replica, exc: grpc.aio.AioRpcError, metrics: BackendMetrics) -> None:
-    """Keep the replica out of routing for as long as its failure asked (nothing when it did not
-    say); a failed request's effect on the breaker is the breaker's own business."""
+    """Keep the replica out of routing for as long as its model server explicitly asked (errors.HOLD_KEY;
+    nothing when it did not say: a default Retry-After hint, or an engine's own queue refusing one
+    request, must not park a replica); a failed request's effect on the breaker is the breaker's own."""
     if exc.code() not in HOLDS_FOR_RETRY_AFTER:
         return
-    wait = error_from_rpc(exc).retry_after_s
+    wait = error_from_rpc(exc).hold_s
     if wait is not None and wait > 0:
         replica.hold_off(wait)
         metrics.replica_retry_after_total.labels(replica.name, exc.code().name).inc()

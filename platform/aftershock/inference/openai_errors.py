@@ -64,11 +64,12 @@ def error_for_status(
     if status == 403:
         return errors.PermissionDenied(message)
     if status == 429:
-        return errors.ResourceExhausted(message, retry_after_s=_or_default(retry_after))
+        # Only a server that said how long to wait parks this replica (hold_s); the default is a hint.
+        return errors.ResourceExhausted(message, retry_after_s=_or_default(retry_after), hold_s=retry_after)
     if status == 504:
         return errors.DeadlineExceeded(message)
     if status >= 500:
-        return errors.Unavailable(message, retry_after_s=_or_default(retry_after))
+        return errors.Unavailable(message, retry_after_s=_or_default(retry_after), hold_s=retry_after)
     return errors.Internal(message)
 
 

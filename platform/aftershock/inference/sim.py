@@ -93,7 +93,10 @@ class SimEngine:
         if roll < cfg.fault_overloaded_rate:
             self._metrics.faults_injected_total.labels(cfg.name, "overloaded").inc()
             raise errors.ResourceExhausted(
-                "Engine overloaded (injected fault).", error_type="engine_overloaded", retry_after_s=1.0
+                "Engine overloaded (injected fault).",
+                error_type="engine_overloaded",
+                retry_after_s=cfg.fault_overloaded_hold_s or 1.0,
+                hold_s=cfg.fault_overloaded_hold_s,
             )
         roll -= cfg.fault_overloaded_rate
         if roll < cfg.fault_error_rate:

@@ -30,6 +30,9 @@ class SimModelConfig(BaseModel):
     enable_prefix_caching: bool = True
     # Status-level fault injection, complementing the fault proxy's TCP-level faults.
     fault_overloaded_rate: float = Field(0.0, ge=0, le=1)
+    # An injected overload that also asks the caller to leave this replica alone this long (a model
+    # server's explicit Retry-After; the backend parks the replica). Unset: a one-request refusal.
+    fault_overloaded_hold_s: float | None = Field(None, gt=0)
     fault_error_rate: float = Field(0.0, ge=0, le=1)
     fault_slow_start_rate: float = Field(0.0, ge=0, le=1)
     fault_slow_start_s: float = Field(1.0, ge=0)

@@ -38,6 +38,8 @@ def error_from_rpc(exc: grpc.aio.AioRpcError) -> errors.AftershockError:
     param = metadata_value(md, errors.ERROR_PARAM_KEY)
     retry_ms = metadata_value(md, errors.RETRY_AFTER_KEY)
     retry_after = int(retry_ms) / 1000 if retry_ms and retry_ms.isdigit() else None
+    hold_ms = metadata_value(md, errors.HOLD_KEY)
+    hold = int(hold_ms) / 1000 if hold_ms and hold_ms.isdigit() else None
     if code == grpc.StatusCode.NOT_FOUND:
         err: errors.AftershockError = errors.AftershockError(details, param=param, error_type=error_type)
         err.code = grpc.StatusCode.NOT_FOUND
@@ -47,10 +49,12 @@ def error_from_rpc(exc: grpc.aio.AioRpcError) -> errors.AftershockError:
     cls = _BY_CODE.get(code)
     if cls is None:
         # UNKNOWN, DATA_LOSS, UNIMPLEMENTED, ...: keep the code rather than collapsing it.
-        err = errors.AftershockError(details, param=param, error_type=error_type, retry_after_s=retry_after)
+        err = errors.AftershockError(
+            details, param=param, error_type=error_type, retry_after_s=retry_after, hold_s=hold
+        )
         err.code = code
         return err
-    return cls(details, param=param, error_type=error_type, retry_after_s=retry_after)
+    return cls(details, param=param, error_type=error_type, retry_after_s=retry_after, hold_s=hold)
 
 
 RETRYABLE_CODES = frozenset(

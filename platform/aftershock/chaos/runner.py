@@ -250,6 +250,8 @@ def run_drill(
         except Exception:
             log.exception("toxiproxy reset failed")
         samples = sampler.end()
+        # Requests each model server answered and faulted: evidence the faults were met.
+        served_by = [_server_stats(server) for server in target.model_servers]
         if own and target.stack is not None:
             gevent.sleep(1.0)  # the services' span batches (200 ms) reach the collector
             target.stop()  # and a graceful stop flushes what is left
@@ -264,6 +266,8 @@ def run_drill(
         checks.append(traces_check(records, target.traces))
         target.traces.stop()
     figures: dict[str, object] = {"calls_per_request": calls_per_request(samples, records)}
+    if served_by:
+        figures["model_servers"] = served_by
     if drill.load.idempotency_share:
         keyed = keyed_figures(records, samples)
         figures |= {"keys": keyed.keys, "goodput": keyed.goodput, "keys_lost": len(keyed.lost)}
@@ -273,6 +277,15 @@ def run_drill(
     )
     write_journal(out, drill, target.toxiproxy_url, checks, verdict, steps, started_at, aborted)
     return verdict
+
+
+def _server_stats(server: UpstreamProc) -> dict[str, int]:
+    try:
+        stats = server.stats()
+    except Exception:  # a figure, not a verdict
+        log.exception("model server stats unavailable")
+        return {}
+    return {"requests": int(stats["requests"]), "faulted": int(stats["faulted"])}
 
 
 def _fired_alerts(prometheus_url: str, window_s: float) -> set[str]:

@@ -33,6 +33,8 @@ class StackConfig:
     models_file: Path | None = None
     # Extra environment per service: {"inference": {...}, "backend": {...}, "edge": {...}}.
     env: dict[str, dict[str, str]] = field(default_factory=dict)
+    # Extra environment per process, over its service's: {"inference-0": {...}}.
+    proc_env: dict[str, dict[str, str]] = field(default_factory=dict)
     # Where service logs go; None inherits this process's stderr.
     log_dir: Path | None = None
     shutdown_grace_s: float = 10.0
@@ -104,6 +106,7 @@ class Stack:
 
     def _spawn(self, name: str, service: str, args: list[str], port: int, metrics_port: int) -> Proc:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.config.env.get(service, {})}
+        env |= self.config.proc_env.get(name, {})
         log: IO[bytes] | None = None
         if self.config.log_dir is not None:
             self.config.log_dir.mkdir(parents=True, exist_ok=True)

@@ -60,6 +60,17 @@ CASES = [
         ],
         ["retry amplification"],
     ),
+    (
+        "ejection-never-ends",
+        CHAOS / "replica-recovers.yaml",
+        [
+            "--backend-env",
+            "AFTERSHOCK_BACKEND_BREAKER_RESET_TIMEOUT_S=600",
+            "--backend-env",
+            "AFTERSHOCK_BACKEND_BREAKER_RESET_TIMEOUT_MAX_S=600",
+        ],
+        ["replica inference-0 serves again"],
+    ),
 ]
 
 

@@ -48,7 +48,7 @@ def test_there_is_a_drill_per_hop_and_fault_class() -> None:
     joined = " ".join(faults)
     for toxic in ("latency", "bandwidth", "timeout", "reset_peer", "slicer"):
         assert f'"type": "{toxic}"' in joined, toxic
-    for kind in ("proxy_down", "kill_replica", "stop_redis"):
+    for kind in ("proxy_down", "kill_replica", "stop_redis", "model_server"):
         assert kind in joined, kind
     for proxy in ("edge_backend", "backend_inference_0", "backend_redis"):
         assert proxy in joined, proxy

@@ -48,6 +48,8 @@ def metric_checks(drill: Drill, records: Sequence[Record], samples: Sequence[Sam
                 back_within,
             )
         )
+    if e.replica_serves_again_within_s is not None:
+        checks += _serving_again(drill, samples, e.replica_serves_again_within_s)
     if e.min_retries is not None:
         n = delta(samples, "aftershock_retries_total")
         checks.append(
@@ -128,6 +130,30 @@ def _settled(
         return check(name, False, "not so at the end of the drill")
     took = since - end
     return check(name, took <= limit, f"{took:.1f}s after rollback (within {limit:g}s)")
+
+
+def _serving_again(drill: Drill, samples: Sequence[Sample], limit: float) -> list[Check]:
+    """Each replica is routable and answers tries (OK) again within `limit` seconds of the last
+    rollback, and still routable at the end: an ejection that ends by itself."""
+    end = drill.fault_end_s
+    after = [s for s in samples if s.t >= end]
+    names = sorted({r for s in samples for r in s.routable})
+    if not after or not names:
+        return [check("every replica serves again", False, "no samples of replica routing after rollback")]
+    checks = []
+    for name in names:
+        base = after[0].served.get(name, 0.0)
+        back = next((s for s in after if s.routable.get(name) == 1 and s.served.get(name, 0.0) > base), None)
+        label = f"replica {name} serves again"
+        if back is None:
+            checks.append(check(label, False, "no answered try after rollback while routable"))
+            continue
+        took = back.t - end
+        still = after[-1].routable.get(name) == 1
+        detail = f"routable and answering {took:.1f}s after rollback (within {limit:g}s)"
+        detail += "" if still else "; ejected again at the end"
+        checks.append(check(label, took <= limit and still, detail))
+    return checks
 
 
 def _dedupe_resumes(drill: Drill, samples: Sequence[Sample]) -> Check:

@@ -1,11 +1,13 @@
 """Applying and rolling back a drill's faults: toxics and proxy outages through the Toxiproxy API
-(the real server in staging, ours locally), replica crashes and Redis outages on a local stack."""
+(the real server in staging, ours locally), replica crashes and Redis outages on a local stack, and
+model server faults through each model server's control API."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from aftershock.chaos.spec import Fault
@@ -23,10 +25,19 @@ class LocalStack(Protocol):
     def start_redis(self) -> object: ...
 
 
+class ModelServer(Protocol):
+    """What model_server faults need from a model server's control API (aftershock.chaos.upstream)."""
+
+    def fault(self, kind: str, **params: Any) -> None: ...
+    def clear(self) -> None: ...
+
+
 @dataclass
 class FaultInjector:
     toxiproxy_url: str
     stack: LocalStack | None = None
+    # The model server behind replica i, for model_server faults.
+    model_servers: Sequence[ModelServer] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.toxiproxy_url)
@@ -51,6 +62,10 @@ class FaultInjector:
         elif fault.kind == "kill_replica":
             assert fault.replica is not None
             self._local().kill_inference(fault.replica)
+        elif fault.kind == "model_server":
+            assert fault.model_server is not None
+            params = fault.model_server.model_dump(exclude_none=True)
+            self._model_server(fault).fault(params.pop("kind"), **params)
         else:
             self._local().stop_redis()
 
@@ -67,6 +82,8 @@ class FaultInjector:
         elif fault.kind == "kill_replica":
             assert fault.replica is not None
             self._local().restart_inference(fault.replica)
+        elif fault.kind == "model_server":
+            self._model_server(fault).clear()
         else:
             self._local().start_redis()
 
@@ -78,3 +95,9 @@ class FaultInjector:
         if self.stack is None:
             raise RuntimeError("process faults (kill_replica, stop_redis) need a local stack")
         return self.stack
+
+    def _model_server(self, fault: Fault) -> ModelServer:
+        assert fault.replica is not None
+        if fault.replica >= len(self.model_servers):
+            raise RuntimeError(f"fault {fault.name!r}: no model server behind replica {fault.replica}")
+        return self.model_servers[fault.replica]

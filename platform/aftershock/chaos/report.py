@@ -179,6 +179,9 @@ def _markdown(
             attrs = ", ".join(f"{k}={v}" for k, v in f.toxic.attributes.items())
             extra = f", {attrs}" if attrs else ""
             what = f"{f.toxic.type} ({f.toxic.stream}, toxicity {f.toxic.toxicity}{extra})"
+        if f.model_server is not None:
+            set_ = f.model_server.model_dump(exclude_defaults=True, exclude={"kind"})
+            what = f"model server {f.model_server.kind} ({', '.join(f'{k}={v}' for k, v in set_.items())})"
         where = f.proxy or (f"replica {f.replica}" if f.replica is not None else "redis")
         lines.append(f"| {f.start_s:.1f}s | {f.end_s:.1f}s | {f.name} | {what} on `{where}` |")
     lines += ["", "## Verdict", "", "| check | result | detail |", "|---|---|---|"]

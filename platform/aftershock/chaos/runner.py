@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,9 +22,10 @@ from aftershock.chaos.expectations import calls_per_request
 from aftershock.chaos.faults import FaultInjector
 from aftershock.chaos.journal import Step, write_journal
 from aftershock.chaos.keyed import keyed_figures
+from aftershock.chaos.model_servers import UpstreamProc, engine_env, start_upstream
 from aftershock.chaos.record import Recorder
 from aftershock.chaos.report import write_report
-from aftershock.chaos.sampler import MetricsSampler
+from aftershock.chaos.sampler import MetricsSampler, wait_routable
 from aftershock.chaos.spec import Drill, Fault
 from aftershock.chaos.traces import TraceCollector, traces_check
 from aftershock.chaos.users import CompletionUser, EdgeUser, LoadSettings, StreamingUser
@@ -49,6 +50,15 @@ class Target:
     prometheus_url: str | None = None
     # Where a local stack exports its spans, to check the trace ids a report names.
     traces: TraceCollector | None = None
+    # The model server behind each replica (drills with an upstream block).
+    model_servers: list[UpstreamProc] = field(default_factory=list)
+
+    def stop(self) -> None:
+        """Stops what was started for this drill: the stack, then its model servers."""
+        if self.stack is not None:
+            self.stack.stop()
+        for server in self.model_servers:
+            server.stop()
 
     def describe(self) -> dict[str, str]:
         where = {"edge": self.edge_url, "toxiproxy": self.toxiproxy_url}
@@ -61,35 +71,45 @@ def local_target(drill: Drill, log_dir: Path, backend_env: dict[str, str]) -> Ta
     traces = TraceCollector()
     traces.start()
     otel = traces.env()
-    stack = Stack(
-        StackConfig(
-            replicas=drill.replicas,
-            chaos=True,
-            redis=drill.redis,
-            models_file=models,
-            log_dir=log_dir,
-            shutdown_grace_s=5,
-            env={
-                "backend": {**otel, **drill.backend_env, **backend_env},
-                "edge": otel,
-                "inference": otel,
-            },
-        )
-    )
+    servers: list[UpstreamProc] = []
+    target = Target("", "", "", traces=traces, model_servers=servers)
     try:
-        stack.start()
+        if drill.upstream is not None:
+            log_dir.mkdir(parents=True, exist_ok=True)
+            for i in range(drill.replicas):
+                log = log_dir / f"model-server-{i}.log"
+                served, itl_s = list(drill.upstream.models), drill.upstream.itl_s
+                servers.append(start_upstream(served, itl_s=itl_s, log=log))
+        target.stack = Stack(
+            StackConfig(
+                replicas=drill.replicas,
+                chaos=True,
+                redis=drill.redis,
+                models_file=models,
+                log_dir=log_dir,
+                shutdown_grace_s=5,
+                env={
+                    "backend": {**otel, **drill.backend_env, **backend_env},
+                    "edge": otel,
+                    "inference": otel,
+                },
+                proc_env=engine_env(servers, drill.upstream.stream_idle_timeout_s) if drill.upstream else {},
+            )
+        )
+        target.stack.start(list(drill.upstream.models) if drill.upstream else None)
+        stack = target.stack
+        assert stack.backend is not None
+        target.edge_url, target.toxiproxy_url = stack.edge_url, stack.toxiproxy_url
+        target.backend_metrics_url = f"http://127.0.0.1:{stack.backend.metrics_port}/metrics"
+        if servers:
+            # The edge is ready with one replica; a drill of model server faults needs every
+            # replica in rotation from the start (else a fault on one has nowhere to go).
+            wait_routable(target.backend_metrics_url, drill.replicas, 20.0)
     except BaseException:
-        stack.stop()
+        target.stop()
         traces.stop()
         raise
-    assert stack.backend is not None
-    return Target(
-        stack.edge_url,
-        stack.toxiproxy_url,
-        f"http://127.0.0.1:{stack.backend.metrics_port}/metrics",
-        stack,
-        traces=traces,
-    )
+    return target
 
 
 def _configure_users(drill: Drill, recorder: Recorder, api_key: str | None) -> list[type[User]]:
@@ -135,6 +155,8 @@ def remote_refusal(drill: Drill, backend_env: dict[str, str]) -> str | None:
             f"needs backend settings it cannot apply to a stack started elsewhere ({names}); "
             "set them in that stack's deployment and drop them from the drill, or run it on a local stack"
         )
+    if drill.upstream is not None:
+        return "runs its replicas in front of model servers that only a local stack started by the drill has"
     local = sorted({f.kind for f in drill.faults if f.kind in ("kill_replica", "stop_redis")})
     if local:
         kinds = ", ".join(local)
@@ -168,7 +190,7 @@ def run_drill(
     own = target is None
     if target is None:
         target = local_target(drill, out / "logs", backend_env or {})
-    injector = FaultInjector(target.toxiproxy_url, target.stack)
+    injector = FaultInjector(target.toxiproxy_url, target.stack, target.model_servers)
     recorder = Recorder()
     users = _configure_users(drill, recorder, api_key)
     env = Environment(user_classes=users, host=target.edge_url)
@@ -216,6 +238,7 @@ def run_drill(
             gevent.sleep(STEP_S)
     finally:
         runner.quit()
+        unfinished = recorder.unfinished(time.monotonic())
         # Rollbacks always run, whatever happened above.
         for fault in reversed(active):
             try:
@@ -227,20 +250,24 @@ def run_drill(
         except Exception:
             log.exception("toxiproxy reset failed")
         samples = sampler.end()
+        # Requests each model server answered and faulted: evidence the faults were met.
+        served_by = [_server_stats(server) for server in target.model_servers]
         if own and target.stack is not None:
             gevent.sleep(1.0)  # the services' span batches (200 ms) reach the collector
-            target.stack.stop()  # and a graceful stop flushes what is left
+            target.stop()  # and a graceful stop flushes what is left
     records = recorder.snapshot()
     fired = (
         _fired_alerts(target.prometheus_url, time.monotonic() - recorder.start)
         if target.prometheus_url
         else None
     )
-    checks = judge(drill, records, samples, aborted, fired)
+    checks = judge(drill, records, samples, aborted, fired, unfinished)
     if own and target.traces is not None and checks[0].outcome != "too_short":
         checks.append(traces_check(records, target.traces))
         target.traces.stop()
     figures: dict[str, object] = {"calls_per_request": calls_per_request(samples, records)}
+    if served_by:
+        figures["model_servers"] = served_by
     if drill.load.idempotency_share:
         keyed = keyed_figures(records, samples)
         figures |= {"keys": keyed.keys, "goodput": keyed.goodput, "keys_lost": len(keyed.lost)}
@@ -250,6 +277,15 @@ def run_drill(
     )
     write_journal(out, drill, target.toxiproxy_url, checks, verdict, steps, started_at, aborted)
     return verdict
+
+
+def _server_stats(server: UpstreamProc) -> dict[str, int]:
+    try:
+        stats = server.stats()
+    except Exception:  # a figure, not a verdict
+        log.exception("model server stats unavailable")
+        return {}
+    return {"requests": int(stats["requests"]), "faulted": int(stats["faulted"])}
 
 
 def _fired_alerts(prometheus_url: str, window_s: float) -> set[str]:

@@ -33,6 +33,9 @@ class Sample:
     counters: dict[str, float]
     dedupe: dict[str, float]  # outcome -> count
     replicas: dict[str, int] = field(default_factory=dict)  # replica -> 1 healthy, 0 not
+    # replica -> 1 when routing would send it a new request (for every model), 0 when not
+    routable: dict[str, int] = field(default_factory=dict)
+    served: dict[str, float] = field(default_factory=dict)  # replica -> tries it answered OK
 
 
 @dataclass
@@ -70,17 +73,37 @@ class MetricsSampler:
         counters: dict[str, float] = dict.fromkeys((*_COUNTERS, *_LABELLED), 0.0)
         dedupe: dict[str, float] = {}
         replicas: dict[str, int] = {}
+        routable: dict[str, int] = {}
+        served: dict[str, float] = {}
         for family in text_string_to_metric_families(text):
             for s in family.samples:
                 if s.name == "aftershock_breaker_state":
                     breakers[s.labels["target"]] = int(s.value)
                 elif s.name == "aftershock_replica_healthy":
                     replicas[s.labels["replica"]] = int(s.value)
+                elif s.name == "aftershock_replica_routable":
+                    name = s.labels["replica"]
+                    routable[name] = min(routable.get(name, 1), int(s.value))
                 elif s.name == "aftershock_dedupe_requests_total":
                     dedupe[s.labels["outcome"]] = s.value
                 elif s.name in counters:
                     counters[s.name] += s.value
+                    if s.name == "aftershock_upstream_requests_total" and s.labels.get("code") == "OK":
+                        served[s.labels["replica"]] = s.value
                 for key, (name, labels) in _LABELLED.items():
                     if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
                         counters[key] += s.value
-        self.samples.append(Sample(time.monotonic() - self.start, breakers, counters, dedupe, replicas))
+        t = time.monotonic() - self.start
+        self.samples.append(Sample(t, breakers, counters, dedupe, replicas, routable, served))
+
+
+def wait_routable(url: str, replicas: int, timeout_s: float) -> None:
+    """Waits until the backend at `url` (its /metrics) would route to `replicas` replicas."""
+    deadline = time.monotonic() + timeout_s
+    probe = MetricsSampler(url, time.monotonic())
+    while time.monotonic() < deadline:
+        probe.sample()
+        if probe.samples and sum(probe.samples[-1].routable.values()) >= replicas:
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"fewer than {replicas} replicas routable after {timeout_s}s")

@@ -12,6 +12,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from aftershock.chaos.upstream import Fault as ModelServerFault
+
 _STRICT = ConfigDict(extra="forbid", frozen=True)
 # When a drill does not say how long recovery may take, requests this soon after the last
 # rollback are not held to the steady-state hypothesis.
@@ -72,10 +74,13 @@ class Fault(BaseModel):
     name: str
     start_s: float = Field(ge=0)
     end_s: float = Field(gt=0)
-    kind: Literal["toxic", "proxy_down", "kill_replica", "stop_redis"]
+    # model_server: the fault the drill's model server `replica` (see Drill.upstream) serves, set
+    # through its control API for the window.
+    kind: Literal["toxic", "proxy_down", "kill_replica", "stop_redis", "model_server"]
     proxy: str | None = None
     toxic: Toxic | None = None
     replica: int | None = Field(None, ge=0)
+    model_server: ModelServerFault | None = None
 
     @model_validator(mode="after")
     def _complete(self) -> Fault:
@@ -87,7 +92,21 @@ class Fault(BaseModel):
             raise ValueError(f"fault {self.name!r}: a toxic fault needs a toxic")
         if self.kind == "kill_replica" and self.replica is None:
             raise ValueError(f"fault {self.name!r}: kill_replica needs a replica index")
+        if self.kind == "model_server" and (self.replica is None or self.model_server is None):
+            raise ValueError(f"fault {self.name!r}: model_server needs a replica and a model_server fault")
         return self
+
+
+class ModelServers(BaseModel):
+    """Each inference replica runs the `openai` engine in front of its own model server
+    (python -m aftershock.chaos.upstream), whose faults a drill sets with kind: model_server."""
+
+    model_config = _STRICT
+
+    models: tuple[str, ...] = Field(("up-chat",), min_length=1)
+    itl_s: float = Field(0.02, ge=0)
+    # The engine gives up on a stream with no event for this long (a stall after the first token).
+    stream_idle_timeout_s: float = Field(1.0, gt=0)
 
 
 class Expect(BaseModel):
@@ -129,6 +148,17 @@ class Expect(BaseModel):
     max_ttft_p99_s: float | None = Field(None, gt=0)
     # Hedged first tokens started per edge request, at most this share (the extra engine work).
     max_hedged_share: float | None = Field(None, ge=0, le=1)
+    # Every seeded request that succeeded got its whole deterministic text: no answer cut short
+    # and presented as complete ([DONE] after a cut). Judged once at least this many were compared.
+    min_whole_answers: int | None = Field(None, ge=1)
+    # No request, failed or not, took longer than this (seconds): nothing hangs past its deadline.
+    # Not scaled by --time-scale (a latency).
+    max_latency_s: float | None = Field(None, gt=0)
+    # At least this many requests started during the faults were answered 429 with a Retry-After
+    # header, and no 429 came without one (a model server's Retry-After reaching the client).
+    min_retry_after_answers: int | None = Field(None, ge=1)
+    # Every replica is routable again and answers tries (OK) this soon after the last rollback.
+    replica_serves_again_within_s: float | None = Field(None, gt=0)
     # Alert names that should fire; checked only when a Prometheus URL is given (staging).
     alerts: tuple[str, ...] = ()
 
@@ -156,12 +186,20 @@ class Drill(BaseModel):
     replicas: int = Field(2, ge=1)
     redis: bool = False
     backend_env: dict[str, str] = Field(default_factory=dict)
+    # Model servers behind the replicas (the openai engine); None: the sim engine.
+    upstream: ModelServers | None = None
 
     @model_validator(mode="after")
     def _within_load(self) -> Drill:
         for fault in self.faults:
             if fault.end_s > self.load.duration_s:
                 raise ValueError(f"fault {fault.name!r} ends after the load does")
+            if fault.kind == "model_server" and self.upstream is None:
+                raise ValueError(f"fault {fault.name!r}: model_server faults need an upstream block")
+            if fault.replica is not None and fault.replica >= self.replicas:
+                raise ValueError(f"fault {fault.name!r}: no replica {fault.replica}")
+        if self.upstream is not None and self.load.model not in self.upstream.models:
+            raise ValueError(f"the load's model {self.load.model!r} is not served by the upstream")
         return self
 
     def scaled(self, factor: float) -> Drill:
@@ -175,7 +213,12 @@ class Drill(BaseModel):
             f.model_copy(update={"start_s": f.start_s * factor, "end_s": f.end_s * factor})
             for f in self.faults
         )
-        windows = ("recovery_within_s", "breakers_close_within_s", "replicas_back_within_s")
+        windows = (
+            "recovery_within_s",
+            "breakers_close_within_s",
+            "replicas_back_within_s",
+            "replica_serves_again_within_s",
+        )
         e = self.expect
         expect = e.model_copy(
             update={k: getattr(e, k) * factor for k in windows if getattr(e, k) is not None}
@@ -193,7 +236,12 @@ class Drill(BaseModel):
         it must leave its recovery window plus MIN_OBSERVATION_S of load to judge."""
         after = self.load.duration_s - self.fault_end_s
         e = self.expect
-        window = max(self.settle_s, e.breakers_close_within_s or 0.0, e.replicas_back_within_s or 0.0)
+        window = max(
+            self.settle_s,
+            e.breakers_close_within_s or 0.0,
+            e.replicas_back_within_s or 0.0,
+            e.replica_serves_again_within_s or 0.0,
+        )
         if after < window + MIN_OBSERVATION_S:
             return (
                 f"too short to judge: {after:.1f}s of load after the last rollback, "

@@ -21,6 +21,8 @@ from typing import Any, ClassVar
 from locust import HttpUser, between, task
 
 from aftershock.chaos.record import Record, Recorder, client_retryable
+from aftershock.inference.engine import ChatTurn, render_chat
+from aftershock.inference.sim_tokens import expected_text
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,15 @@ class LoadSettings:
     client_retries: int = 0
     timeout_s: float = 20.0
     api_key: str | None = None
+
+
+def _expected(body: dict[str, Any]) -> str | None:
+    """The whole answer to a seeded request: the sim engine and the drills' model servers both
+    generate it from (model, rendered prompt, seed)."""
+    if "seed" not in body:
+        return None
+    turns = [ChatTurn(m["role"], m["content"]) for m in body["messages"]]
+    return expected_text(body["model"], render_chat(turns), body["seed"], body["max_tokens"])
 
 
 def _trace_id(headers: Any) -> str:
@@ -81,7 +92,7 @@ class EdgeUser(HttpUser):
             body["seed"] = n
         return body, headers
 
-    def _record(self, started: float, attempt: int, **fields: Any) -> Record:
+    def _record(self, started: float, attempt: int, token: int, **fields: Any) -> Record:
         now = time.monotonic()
         record = Record(
             started=started - self.recorder.start,
@@ -90,7 +101,7 @@ class EdgeUser(HttpUser):
             client_attempt=attempt,
             **fields,
         )
-        self.recorder.add(record)
+        self.recorder.add(record, token)
         return record
 
     def _with_retries(self, send: Callable[[dict[str, Any], dict[str, str], int], Record]) -> None:
@@ -113,6 +124,7 @@ class CompletionUser(EdgeUser):
 
     def _complete(self, body: dict[str, Any], headers: dict[str, str], attempt: int) -> Record:
         started = time.monotonic()
+        token = self.recorder.open(started)
         with self.client.post(
             "/v1/chat/completions",
             json=body,
@@ -133,6 +145,7 @@ class CompletionUser(EdgeUser):
             return self._record(
                 started,
                 attempt,
+                token,
                 ttft_s=time.monotonic() - started if ok else None,
                 ok=ok,
                 status=resp.status_code,
@@ -141,6 +154,8 @@ class CompletionUser(EdgeUser):
                 attempts=int(resp.headers.get("x-aftershock-attempts", 1)),
                 idempotency_key=headers.get("idempotency-key", ""),
                 text=text,
+                expected=_expected(body),
+                retry_after=resp.headers.get("retry-after", ""),
             )
 
 
@@ -155,6 +170,7 @@ class StreamingUser(EdgeUser):
 
     def _stream_chat(self, body: dict[str, Any], headers: dict[str, str], attempt: int) -> Record:
         started = time.monotonic()
+        token = self.recorder.open(started)
         ttft: float | None = None
         parts: list[str] = []
         error = ""
@@ -202,6 +218,7 @@ class StreamingUser(EdgeUser):
             return self._record(
                 started,
                 attempt,
+                token,
                 ttft_s=ttft,
                 ok=ok,
                 status=status,
@@ -210,6 +227,8 @@ class StreamingUser(EdgeUser):
                 attempts=int(resp.headers.get("x-aftershock-attempts", 1)),
                 idempotency_key=headers.get("idempotency-key", ""),
                 text="".join(parts),
+                expected=_expected(body),
+                retry_after=resp.headers.get("retry-after", ""),
             )
 
 

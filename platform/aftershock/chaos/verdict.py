@@ -7,6 +7,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Literal
 
+from aftershock.chaos.answers import answer_checks
 from aftershock.chaos.check import Check, check
 from aftershock.chaos.expectations import metric_checks
 from aftershock.chaos.keyed import keyed_checks
@@ -53,8 +54,10 @@ def judge(
     samples: Sequence[Sample],
     aborted: str | None,
     fired_alerts: set[str] | None = None,
+    unfinished: Sequence[float] = (),
 ) -> list[Check]:
-    """`fired_alerts`: alert names seen firing during the drill (None: no Prometheus to ask)."""
+    """`fired_alerts`: alert names seen firing during the drill (None: no Prometheus to ask);
+    `unfinished`: how long each request the drill's end cut off had been waiting."""
 
     short = drill.too_short()
     if short:
@@ -81,6 +84,7 @@ def judge(
         checks.append(_recovery(drill, records))
     if e.no_duplicate_generations:
         checks.append(_duplicates(records, e.min_repeated_keys))
+    checks += answer_checks(drill, records, unfinished)
     checks += metric_checks(drill, records, samples)
     checks += keyed_checks(e.min_goodput, e.max_lost, records, samples)
     for alert in e.alerts:

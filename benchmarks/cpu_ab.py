@@ -29,9 +29,41 @@ from overhead import _DiscardReceiver  # noqa: E402
 from procstat import CpuWindow  # noqa: E402
 
 
-async def _measure(stack: Stack, n_req: int, n_streams: int, profile: Path | None, tag: str) -> dict[str, float]:
+def _spies(profile: Path, tag: str, pids: dict[str, int]) -> list[subprocess.Popen[bytes]]:
+    """One py-spy sampler per service (raw collapsed stacks, 200 Hz, without pausing the target)."""
+    profile.mkdir(parents=True, exist_ok=True)
+    spy = str(Path(sys.executable).parent / "py-spy")
+    return [
+        subprocess.Popen(
+            [
+                spy,
+                "record",
+                "-p",
+                str(pid),
+                "-r",
+                "200",
+                "-f",
+                "raw",
+                "--nonblocking",
+                "-o",
+                str(profile / f"{tag}-{proc}.txt"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for proc, pid in pids.items()
+    ]
+
+
+async def _measure(
+    stack: Stack, n_req: int, n_streams: int, profile: Path | None, tag: str
+) -> dict[str, float]:
     assert stack.edge and stack.backend
-    pids = {"edge": stack.edge.popen.pid, "backend": stack.backend.popen.pid, "inference": stack.inference[0].popen.pid}
+    pids = {
+        "edge": stack.edge.popen.pid,
+        "backend": stack.backend.popen.pid,
+        "inference": stack.inference[0].popen.pid,
+    }
     out: dict[str, float] = {}
     for name, stream, conc, total, max_tokens in (
         ("nonstream", False, 32, n_req, 16),
@@ -42,15 +74,7 @@ async def _measure(stack: Stack, n_req: int, n_streams: int, profile: Path | Non
         try:
             await closed_loop(target.send, conc, max(64, total // 10))  # warm-up
             if profile is not None:
-                profile.mkdir(parents=True, exist_ok=True)
-                spies = [
-                    subprocess.Popen(
-                        [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(pid), "-r", "200",
-                         "-f", "raw", "-o", str(profile / f"{tag}-{name}-{proc}.txt"), "--nonblocking"],
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                    )
-                    for proc, pid in pids.items()
-                ]
+                spies = _spies(profile, f"{tag}-{name}", pids)
                 await asyncio.sleep(1.0)
             cpu = CpuWindow(pids)
             cpu.start()
@@ -73,13 +97,19 @@ async def _measure(stack: Stack, n_req: int, n_streams: int, profile: Path | Non
                 out[f"{name}.cpu_ms_per_req.{proc}"] = seconds * 1000 / max(1, len(ok))
             else:
                 out[f"{name}.cpu_us_per_token.{proc}"] = seconds * 1e6 / tokens
-    out["nonstream.cpu_ms_per_req.edge+backend"] = out["nonstream.cpu_ms_per_req.edge"] + out["nonstream.cpu_ms_per_req.backend"]
-    out["stream.cpu_us_per_token.edge+backend"] = out["stream.cpu_us_per_token.edge"] + out["stream.cpu_us_per_token.backend"]
+    out["nonstream.cpu_ms_per_req.edge+backend"] = (
+        out["nonstream.cpu_ms_per_req.edge"] + out["nonstream.cpu_ms_per_req.backend"]
+    )
+    out["stream.cpu_us_per_token.edge+backend"] = (
+        out["stream.cpu_us_per_token.edge"] + out["stream.cpu_us_per_token.backend"]
+    )
     return out
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tree", action="append", required=True, help="NAME=PATH of a platform/ directory")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=1500)
@@ -91,8 +121,12 @@ def main() -> int:
     trees = dict(t.split("=", 1) for t in args.tree)
     receiver = _DiscardReceiver()
     telemetry = (
-        {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}", "OTEL_EXPORTER_OTLP_INSECURE": "true"}
-        if args.telemetry == "on" else {"OTEL_SDK_DISABLED": "true"}
+        {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}",
+            "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        }
+        if args.telemetry == "on"
+        else {"OTEL_SDK_DISABLED": "true"}
     )
     raw: dict[str, list[dict[str, float]]] = {n: [] for n in trees}
     for rnd in range(args.rounds):
@@ -102,8 +136,12 @@ def main() -> int:
             if args.workers:
                 svc_env["backend"]["AFTERSHOCK_WORKERS"] = str(args.workers)
                 svc_env["edge"]["AFTERSHOCK_WORKERS"] = str(args.workers)
-            config = StackConfig(replicas=1, models_file=HERE / "models.yaml", env=svc_env,
-                                 log_dir=Path("reports/bench/logs") / f"ab-{name}-{rnd}")
+            config = StackConfig(
+                replicas=1,
+                models_file=HERE / "models.yaml",
+                env=svc_env,
+                log_dir=Path("reports/bench/logs") / f"ab-{name}-{rnd}",
+            )
             with Stack(config) as stack:
                 stack.start()
                 prof = args.profile if args.profile and rnd == 0 else None

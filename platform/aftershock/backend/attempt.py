@@ -88,9 +88,10 @@ async def attempt(
     unary = not request.stream
     span, metadata = start_client_span(INFERENCE_COMPLETE if unary else INFERENCE_GENERATE, replica.address)
     span.set_attribute("aftershock.replica", replica.name)
-    call: grpc.aio.UnaryUnaryCall[pb.GenerateRequest, pb.GenerateResponse] | grpc.aio.UnaryStreamCall[
-        pb.GenerateRequest, pb.GenerateResponse
-    ]
+    call: (
+        grpc.aio.UnaryUnaryCall[pb.GenerateRequest, pb.GenerateResponse]
+        | grpc.aio.UnaryStreamCall[pb.GenerateRequest, pb.GenerateResponse]
+    )
     if unary:
         call = replica.stub.Complete(request, timeout=remaining, metadata=metadata)
     else:

@@ -90,7 +90,9 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
             raise errors.Internal("The relay ended without a result.")
         return whole
 
-    def _admit(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
+    def _admit(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> float | None:
         """Load shedding and the hop's span attributes; the caller's deadline."""
         request_id_var.set(request.request_id)
         if self.in_flight >= self._max_in_flight:

@@ -68,9 +68,9 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
         metrics = self._metrics
         metrics.requests_total.labels(metrics.service, model, code).inc()
         trace_id = trace_id_of(span)
-        metrics.request_duration_seconds.labels(metrics.service, model, "true" if stream else "false").observe(
-            time.perf_counter() - start, {"trace_id": trace_id} if trace_id else None
-        )
+        metrics.request_duration_seconds.labels(
+            metrics.service, model, "true" if stream else "false"
+        ).observe(time.perf_counter() - start, {"trace_id": trace_id} if trace_id else None)
 
     def _wrap_stream(self, behavior: Any, method: str) -> Callable[..., AsyncIterator[Any]]:
         metrics = self._metrics

@@ -29,6 +29,10 @@ from overhead import _DiscardReceiver  # noqa: E402
 from procstat import CpuWindow  # noqa: E402
 
 
+def _children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
 def _spies(profile: Path, tag: str, pids: dict[str, int]) -> list[subprocess.Popen[bytes]]:
     """One py-spy sampler per service (raw collapsed stacks, 200 Hz, without pausing the target)."""
     profile.mkdir(parents=True, exist_ok=True)
@@ -64,6 +68,10 @@ async def _measure(
         "backend": stack.backend.popen.pid,
         "inference": stack.inference[0].popen.pid,
     }
+    if stack.config.workers > 1:  # the supervisors idle; their workers do the work
+        for service in ("edge", "backend"):
+            for i, child in enumerate(_children(pids.pop(service))):
+                pids[f"{service}.{i}"] = child
     out: dict[str, float] = {}
     for name, stream, conc, total, max_tokens in (
         ("nonstream", False, 32, n_req, 16),
@@ -97,12 +105,10 @@ async def _measure(
                 out[f"{name}.cpu_ms_per_req.{proc}"] = seconds * 1000 / max(1, len(ok))
             else:
                 out[f"{name}.cpu_us_per_token.{proc}"] = seconds * 1e6 / tokens
-    out["nonstream.cpu_ms_per_req.edge+backend"] = (
-        out["nonstream.cpu_ms_per_req.edge"] + out["nonstream.cpu_ms_per_req.backend"]
-    )
-    out["stream.cpu_us_per_token.edge+backend"] = (
-        out["stream.cpu_us_per_token.edge"] + out["stream.cpu_us_per_token.backend"]
-    )
+    for key in ("nonstream.cpu_ms_per_req", "stream.cpu_us_per_token"):
+        out[f"{key}.edge+backend"] = sum(
+            v for k, v in out.items() if k.startswith((f"{key}.edge", f"{key}.backend"))
+        )
     return out
 
 
@@ -110,13 +116,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--tree", action="append", required=True, help="NAME=PATH of a platform/ directory")
+    parser.add_argument(
+        "--tree",
+        action="append",
+        required=True,
+        help="NAME=PATH of a platform/ directory, PATH@N for N workers each for edge and backend",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=1500)
     parser.add_argument("--streams", type=int, default=320)
     parser.add_argument("--profile", type=Path, default=None, help="write py-spy raw profiles here")
     parser.add_argument("--telemetry", choices=("on", "off"), default="on")
-    parser.add_argument("--workers", type=int, default=0, help="pass --workers N to edge and backend")
+    parser.add_argument("--workers", type=int, default=1, help="processes each for edge and backend")
     args = parser.parse_args()
     trees = dict(t.split("=", 1) for t in args.tree)
     receiver = _DiscardReceiver()
@@ -130,17 +141,16 @@ def main() -> int:
     )
     raw: dict[str, list[dict[str, float]]] = {n: [] for n in trees}
     for rnd in range(args.rounds):
-        for name, path in trees.items():
+        for name, spec in trees.items():
+            path, _, workers = spec.partition("@")
             env = {**telemetry, "PYTHONPATH": path}
             svc_env = {"inference": env, "backend": dict(env), "edge": dict(env)}
-            if args.workers:
-                svc_env["backend"]["AFTERSHOCK_WORKERS"] = str(args.workers)
-                svc_env["edge"]["AFTERSHOCK_WORKERS"] = str(args.workers)
             config = StackConfig(
                 replicas=1,
                 models_file=HERE / "models.yaml",
                 env=svc_env,
                 log_dir=Path("reports/bench/logs") / f"ab-{name}-{rnd}",
+                workers=int(workers or args.workers),
             )
             with Stack(config) as stack:
                 stack.start()

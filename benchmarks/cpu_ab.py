@@ -89,7 +89,9 @@ async def _measure(
             t0 = time.perf_counter()
             run = await closed_loop(target.send, conc, total)
             wall = time.perf_counter() - t0
-            spent = cpu.stop()
+            spent: dict[str, float] = {}
+            for proc, seconds in cpu.stop().items():  # workers summed per service
+                spent[proc.split(".")[0]] = spent.get(proc.split(".")[0], 0.0) + seconds
         finally:
             for spy in spies:
                 spy.send_signal(2)
@@ -106,9 +108,7 @@ async def _measure(
             else:
                 out[f"{name}.cpu_us_per_token.{proc}"] = seconds * 1e6 / tokens
     for key in ("nonstream.cpu_ms_per_req", "stream.cpu_us_per_token"):
-        out[f"{key}.edge+backend"] = sum(
-            v for k, v in out.items() if k.startswith((f"{key}.edge", f"{key}.backend"))
-        )
+        out[f"{key}.edge+backend"] = out[f"{key}.edge"] + out[f"{key}.backend"]
     return out
 
 

@@ -40,7 +40,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         self._load = LoadTracker(engine)
 
     def _start(
-        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext[Any, Any], *, stream: bool = True
     ) -> tuple[AsyncIterator[EngineOutput], Span, int]:
         """Checks, span attributes and the engine's outputs for one request (either rpc)."""
         request_id_var.set(request.request_id)
@@ -61,14 +61,14 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                     "aftershock.request_id": request.request_id,
                 }
             )
-        engine_request = convert.engine_request(request, deadline_of(context))
+        engine_request = convert.engine_request(request, deadline_of(context), stream=stream)
         return self._load.track(self._engine.generate(engine_request)), span, arrival_ns
 
     async def Complete(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GenerateResponse:
         """A non-streamed request as one unary answer: the whole completion (request.stream ignored)."""
-        outputs, span, arrival_ns = self._start(request, context)
+        outputs, span, arrival_ns = self._start(request, context, stream=False)
         return await self._whole(outputs, span, arrival_ns)
 
     async def _whole(

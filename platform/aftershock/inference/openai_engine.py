@@ -25,6 +25,7 @@ from aftershock.inference.openai_errors import (
     retry_after_of,
     stream_error_status,
 )
+from aftershock.inference.sse import SseData
 
 __all__ = ["OpenAIEngine", "error_for_status", "retry_after_of", "stream_error_status"]
 
@@ -195,15 +196,14 @@ class OpenAIEngine:
             async with self._client.stream("POST", path, json=body, headers=headers, timeout=timeout) as resp:
                 if resp.status_code != 200:
                     raise error_for_status(resp.status_code, await resp.aread(), resp.headers)
-                lines = resp.aiter_lines()
+                events = SseData(resp.aiter_bytes())
                 while True:
-                    line = await self._next_line(lines, request.deadline, bool(first_at))
-                    if line is None:
-                        break
-                    if not line.startswith("data:"):
+                    data = events.pop()
+                    if data is None:
+                        if not await self._read(events, request.deadline, bool(first_at)):
+                            break
                         continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
+                    if data == b"[DONE]":
                         done = True
                         break
                     try:
@@ -246,20 +246,16 @@ class OpenAIEngine:
         out.e2e_s = now - arrival
         yield out
 
-    async def _next_line(
-        self, lines: AsyncIterator[str], deadline: float | None, started: bool
-    ) -> str | None:
-        """The next SSE line, or None at the end of the body; bounded by the request's deadline, and
-        once the answer has started, by the idle timeout (a server that stalls mid-answer)."""
+    async def _read(self, events: SseData, deadline: float | None, started: bool) -> bool:
+        """Reads more of the body (False at its end); bounded by the request's deadline, and once the
+        answer has started, by the idle timeout (a server that stalls mid-answer)."""
         limit = self._idle_s if started else None
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and (limit is None or left < limit):
             limit = max(0.0, left)
         try:
             async with asyncio.timeout(limit):
-                return await lines.__anext__()
-        except StopAsyncIteration:
-            return None
+                return await events.fill()
         except TimeoutError:
             if left is not None and limit == max(0.0, left):
                 raise errors.DeadlineExceeded(

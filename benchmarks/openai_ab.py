@@ -24,6 +24,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import grpc  # noqa: E402
+import httpx  # noqa: E402
 from aftershock.ports import free_port  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 from load import GrpcTarget, closed_loop  # noqa: E402
@@ -53,6 +54,19 @@ async def _serving(target: str, timeout_s: float = 30.0) -> None:
     raise TimeoutError("inference did not become ready")
 
 
+async def _answers(url: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient() as client:
+        while time.monotonic() < deadline:
+            try:
+                if (await client.get(url, timeout=1)).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer")
+
+
 async def _round(tree: str, n: int) -> dict[str, float]:
     up_port, inf_port = free_port(), free_port()
     python = sys.executable
@@ -70,6 +84,7 @@ async def _round(tree: str, n: int) -> dict[str, float]:
         ],
         {"PYTHONPATH": str(HERE.parent / "platform")},
     )
+    await _answers(f"http://127.0.0.1:{up_port}/v1/models")  # the engine learns its models at start
     inference = _spawn(
         [
             python,
@@ -88,7 +103,6 @@ async def _round(tree: str, n: int) -> dict[str, float]:
     )
     out: dict[str, float] = {}
     try:
-        await asyncio.sleep(1.0)  # the upstream must answer /models before the engine starts
         await _serving(f"127.0.0.1:{inf_port}")
         pids = {"inference": inference.pid, "upstream": upstream.pid}
         for name, stream in (("nonstream", False), ("stream", True)):

@@ -32,7 +32,8 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ),
     (
         "shared plumbing",
-        frozenset({"aftershock.rpc", "aftershock.breaker", "aftershock.redis_guard", "aftershock.runtime"}),
+        frozenset({"aftershock.rpc", "aftershock.breaker", "aftershock.redis_guard", "aftershock.runtime"})
+        | frozenset({"aftershock.workers"}),
     ),
     (
         "services",

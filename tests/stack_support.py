@@ -28,6 +28,7 @@ def running_stack(
     chaos: bool = False,
     redis: bool = False,
     ready_timeout_s: float = 60.0,
+    workers: int = 1,
 ) -> Iterator[Stack]:
     """A started stack, logs under ARTIFACTS/<name>, stopped whatever happens. `env` is extra
     environment per service ({"inference": ..., "backend": ..., "edge": ...})."""
@@ -40,6 +41,7 @@ def running_stack(
             env=env or {},
             chaos=chaos,
             redis=redis,
+            workers=workers,
         )
     )
     try:

@@ -213,3 +213,23 @@ def test_up_with_chaos_and_redis_proxies_every_hop_and_dedupes(launch: Callable[
     ports = [int(api.group(1)), int(redis_port.group(1)), *services.values()]
     ports += [int(listen.rsplit(":", 1)[1]) for listen, _ in proxies.values()]
     assert [p for p in ports if not _refuses(p)] == []
+
+
+def test_up_with_workers_runs_two_edge_and_backend_processes(launch: Callable[..., Up]) -> None:
+    up = launch("--replicas", "1", "--workers", "2")
+    proc, _, edge_port = up
+    text = banner(up, 3)
+    found = re.search(r"edge\s+http \d+\s+2 workers, metrics from (\d+)", text)
+    assert found, text
+    edge_metrics = int(found.group(1))
+    assert re.search(r"backend\s+grpc \d+\s+2 workers, metrics from \d+", text), text
+    body = {"model": "sim-small", "prompt": "workers", "max_tokens": 2}
+    for _ in range(30):  # a new connection each time: SO_REUSEPORT spreads connections
+        resp = httpx.post(
+            f"http://127.0.0.1:{edge_port}/v1/completions", json=body, headers={"connection": "close"}
+        )
+        assert resp.status_code == 200, resp.text
+    served = [scraped(edge_metrics + i, "aftershock_requests_total", service="edge") for i in range(2)]
+    assert sum(served) == 30 and min(served) > 0, served
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0

@@ -21,6 +21,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING, ...")
 
 
+def _workers(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="processes sharing the port (SO_REUSEPORT); worker i serves metrics on metrics-port + i",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aftershock", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -34,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--redis", action="store_true", help="start a local redis-server for dedupe and rate limits"
     )
+    up.add_argument(
+        "--workers", type=int, default=1, help="processes each for the edge and the backend (one port each)"
+    )
 
     inf = sub.add_parser("inference", help="run the inference service")
     _common(inf)
@@ -45,16 +56,46 @@ def _parser() -> argparse.ArgumentParser:
     _common(be)
     be.add_argument("--registry-file", dest="registry_file", type=Path)
     be.add_argument("--redis-url", dest="redis_url", help="Redis for dedupe (redis://host:port/db)")
+    _workers(be)
 
     edge = sub.add_parser("edge", help="run the HTTP edge")
     _common(edge)
     edge.add_argument("--backend", dest="backend_target", help="backend host:port")
     edge.add_argument("--redis-url", dest="redis_url", help="Redis for rate limits (redis://host:port/db)")
+    _workers(edge)
+    edge.add_argument(
+        "--backend-channels",
+        dest="backend_channels",
+        type=int,
+        help="connections to the backend, used in turn (>= its workers, so every one gets traffic)",
+    )
+    # Set by the supervisor for its workers: bind the HTTP port with SO_REUSEPORT.
+    edge.add_argument(
+        "--reuse-port", dest="reuse_port", action="store_true", default=None, help=argparse.SUPPRESS
+    )
 
     sub.add_parser("drill", help="run chaos drills (aftershock drill --help)", add_help=False)
     fp = sub.add_parser("faultproxy", help="run the Toxiproxy-API fault proxy", add_help=False)
     fp.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
+
+
+def _supervise(
+    service: str,
+    argv: Sequence[str],
+    workers: int,
+    host: str,
+    port: int,
+    metrics_port: int,
+    extra: Sequence[str] = (),
+) -> int:
+    from aftershock import logs
+    from aftershock import workers as supervisor
+
+    logs.configure(f"{service}-supervisor")
+    return supervisor.supervise(
+        service, argv, workers=workers, host=host, port=port, metrics_port=metrics_port, extra=extra
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -84,13 +125,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         from aftershock.backend.service import run as run_backend
         from aftershock.backend.settings import BackendSettings
 
-        be = BackendSettings(**_overrides(args, (*common, "registry_file", "redis_url")))
+        be = BackendSettings(**_overrides(args, (*common, "registry_file", "redis_url", "workers")))
+        if be.workers > 1:
+            return _supervise("backend", argv[1:], be.workers, be.host, be.port, be.metrics_port)
         return runtime.run("backend", be.log_level, run_backend(be))
     if args.command == "edge":
         from aftershock.edge.service import run as run_edge
         from aftershock.edge.settings import EdgeSettings
 
-        edge = EdgeSettings(**_overrides(args, (*common, "backend_target", "redis_url")))
+        names = ("backend_target", "redis_url", "workers", "backend_channels", "reuse_port")
+        edge = EdgeSettings(**_overrides(args, (*common, *names)))
+        if edge.workers > 1:
+            return _supervise(
+                "edge", argv[1:], edge.workers, edge.host, edge.port, edge.metrics_port, ("--reuse-port",)
+            )
         return runtime.run("edge", edge.log_level, run_edge(edge))
     from aftershock.up import StackOptions, run_stack
 
@@ -102,5 +150,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             ready_timeout_s=args.ready_timeout,
             chaos=args.chaos,
             redis=args.redis,
+            workers=args.workers,
         )
     )

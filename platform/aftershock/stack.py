@@ -21,7 +21,7 @@ import httpx
 import yaml
 
 from aftershock import topology
-from aftershock.ports import free_port
+from aftershock.ports import free_port, free_port_run
 from aftershock.topology import Proxy
 
 
@@ -43,6 +43,9 @@ class StackConfig:
     # Start a redis-server (Debian's) for the backend's dedupe and the edge's rate limits; with
     # chaos, behind the backend_redis and edge_redis proxies.
     redis: bool = False
+    # Processes for the edge and the backend each (aftershock/workers.py); worker i of a service
+    # serves metrics on its metrics_port + i.
+    workers: int = 1
 
 
 @dataclass
@@ -171,8 +174,14 @@ class Stack:
             assert self.redis is not None
             address = self._through_proxy(topology.BACKEND_REDIS, self.redis.port)
             backend_args += ["--redis-url", f"redis://{address}/0"]
-        self.backend = self._spawn("backend", "backend", backend_args, free_port(), free_port())
+        workers = self.config.workers
+        if workers > 1:
+            backend_args += ["--workers", str(workers)]
+        self.backend = self._spawn("backend", "backend", backend_args, free_port(), free_port_run(workers))
         edge_args = ["--backend", self._through_proxy(topology.EDGE_BACKEND, self.backend.port)]
+        if workers > 1:
+            # Two connections per backend worker from each edge worker, so every one is reached.
+            edge_args += ["--workers", str(workers), "--backend-channels", str(2 * workers)]
         if self.redis is not None:
             address = self._through_proxy(topology.EDGE_REDIS, self.redis.port)
             edge_args += ["--redis-url", f"redis://{address}/0"]
@@ -181,7 +190,7 @@ class Stack:
             "edge",
             edge_args,
             self.config.edge_port or free_port(),
-            free_port(),
+            free_port_run(workers),
         )
         self.wait_ready(ready_timeout_s)
 

@@ -26,6 +26,8 @@ class StackOptions:
     chaos: bool = False
     # A local redis-server for the backend's dedupe and the edge's rate limits.
     redis: bool = False
+    # Processes each for the edge and the backend (SO_REUSEPORT); metrics on metrics port + i.
+    workers: int = 1
 
 
 def run_stack(options: StackOptions) -> int:
@@ -45,6 +47,7 @@ def run_stack(options: StackOptions) -> int:
             models_file=options.models_file,
             chaos=options.chaos,
             redis=options.redis,
+            workers=options.workers,
         )
     )
     try:
@@ -55,8 +58,9 @@ def run_stack(options: StackOptions) -> int:
         return 1
     assert stack.backend is not None and stack.edge is not None
     lines = [f"Aftershock is up: {stack.edge_url}  (Ctrl-C stops it)"]
-    lines.append(f"  edge       http {stack.edge.port}  metrics {stack.edge.metrics_port}")
-    lines.append(f"  backend    grpc {stack.backend.port}  metrics {stack.backend.metrics_port}")
+    metrics = "metrics" if options.workers == 1 else f"{options.workers} workers, metrics from"
+    lines.append(f"  edge       http {stack.edge.port}  {metrics} {stack.edge.metrics_port}")
+    lines.append(f"  backend    grpc {stack.backend.port}  {metrics} {stack.backend.metrics_port}")
     for p in stack.inference:
         lines.append(f"  {p.name:<10} grpc {p.port}  metrics {p.metrics_port}")
     if stack.redis is not None:

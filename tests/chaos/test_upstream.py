@@ -149,3 +149,56 @@ async def test_a_stall_never_outlives_the_deadline(
     finally:
         await eng.stop()
     assert time.monotonic() - started < 2.0
+
+
+# --- a non-streamed request: one plain call, its answer one JSON body -------------------------------
+
+
+async def test_non_streamed_request_is_one_call_with_the_whole_answer(engine: OpenAIEngine) -> None:
+    text, outs = await collect(engine, req(stream=False))
+    assert text == expected_text(MODEL, PROMPT, 3, 10)
+    assert len(outs) == 1 and outs[0].finish_reason == "length"
+    assert outs[0].prompt_tokens > 0 and outs[0].e2e_s == outs[0].ttft_s > 0
+    turns = (ChatTurn("user", "hi"),)
+    text, _ = await collect(engine, req(prompt=None, messages=turns, stream=False))
+    assert text == expected_text(MODEL, render_chat(turns), 3, 10)
+
+
+@pytest.mark.parametrize(("status", "error"), [(503, errors.Unavailable), (429, errors.ResourceExhausted)])
+async def test_non_streamed_status_faults_keep_code_and_retry_after(
+    engine: OpenAIEngine, upstream: UpstreamProc, status: int, error: type[errors.AftershockError]
+) -> None:
+    upstream.fault("status", status=status, retry_after_s=6, count=1)
+    with pytest.raises(error) as info:
+        await collect(engine, req(stream=False))
+    assert info.value.retry_after_s == 6.0
+    text, _ = await collect(engine, req(stream=False))
+    assert text == expected_text(MODEL, PROMPT, 3, 10)
+
+
+async def test_non_streamed_stall_never_outlives_the_deadline(upstream: UpstreamProc) -> None:
+    upstream.clear()
+    upstream.fault("stall_before", stall_s=30)
+    eng = OpenAIEngine(f"{upstream.url}/v1", timeout_s=60, stream_idle_timeout_s=60)
+    await eng.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(errors.DeadlineExceeded):
+            await collect(eng, req(stream=False, deadline=time.monotonic() + 0.8))
+    finally:
+        await eng.stop()
+        upstream.clear()
+    assert time.monotonic() - started < 2.0
+
+
+async def test_non_streamed_unreachable_upstream_is_unavailable() -> None:
+    gone = start_upstream([MODEL])
+    eng = OpenAIEngine(f"{gone.url}/v1")
+    await eng.start()  # learns the models, then the server goes away
+    gone.stop()
+    try:
+        with pytest.raises(errors.Unavailable) as info:
+            await collect(eng, req(stream=False))
+    finally:
+        await eng.stop()
+    assert "unreachable" in info.value.message

@@ -108,6 +108,35 @@ def test_one_trace_across_all_three_services(traced: tuple[Stack, OtlpReceiver])
     assert inference_server.attributes["rpc.system"] == "grpc"
 
 
+def test_a_non_streamed_request_is_one_unary_call_per_hop(traced: tuple[Stack, OtlpReceiver]) -> None:
+    stack, receiver = traced
+    body = {"model": "sim-fast", "prompt": "unary", "max_tokens": 4, "seed": 3}
+    with httpx.Client(timeout=10) as client:
+        resp = client.post(f"{stack.edge_url}/v1/completions", json=body)
+    assert resp.status_code == 200
+    trace_id = resp.headers["traceparent"].split("-")[1]
+    spans = _wait_for_trace(
+        receiver, trace_id, {"aftershock-edge", "aftershock-backend", "aftershock-inference"}
+    )
+    names = [(s.service, s.name, s.kind) for s in spans]
+    # One span per hop and side, named for the unary Complete call; no Generate stream anywhere.
+    hops = [
+        ("aftershock-edge", "aftershock.v1.Backend/Complete", CLIENT),
+        ("aftershock-backend", "aftershock.v1.Backend/Complete", SERVER),
+        ("aftershock-backend", "aftershock.v1.Inference/Complete", CLIENT),
+        ("aftershock-inference", "aftershock.v1.Inference/Complete", SERVER),
+    ]
+    for hop in hops:
+        assert names.count(hop) == 1, names
+    assert not [n for n in names if n[1].endswith("/Generate")], names
+    by_name = {(s.service, s.name, s.kind): s for s in spans}
+    for child, parent in zip(hops[1:], hops, strict=False):
+        assert by_name[child].parent_id == by_name[parent].span_id
+    inference = by_name[hops[3]]
+    assert inference.attributes["gen_ai.usage.output_tokens"] == 4
+    assert inference.attributes["gen_ai.operation.name"] == "text_completion"
+
+
 def test_prompt_text_is_not_recorded(traced: tuple[Stack, OtlpReceiver]) -> None:
     stack, receiver = traced
     secret = "the-secret-prompt-text-42"

@@ -18,6 +18,7 @@ from typing import Any
 
 import grpc
 from aftershock.inference.sim_config import SimModelConfig
+from aftershock.rpc.whole import fold
 from aftershock.v1 import backend_pb2_grpc
 from aftershock.v1 import generation_pb2 as pb
 
@@ -83,6 +84,11 @@ class ScriptedBackend(backend_pb2_grpc.BackendServicer):
                 yield msg
         except Abort as abort:
             await context.abort(abort.code, abort.details)
+
+    async def Complete(self, request: pb.GenerateRequest, context: Any) -> pb.GenerateResponse:
+        """The unary call the edge makes for a non-streamed request: the script's messages folded."""
+        whole = await fold(self.Generate(request, context))
+        return whole if whole is not None else pb.GenerateResponse()
 
     async def ListModels(self, request: pb.ListModelsRequest, context: Any) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(models=self.models)

@@ -20,6 +20,7 @@ from aftershock.rpc.tracing import end_span, start_client_span
 from aftershock.v1 import generation_pb2 as pb
 
 INFERENCE_GENERATE = "/aftershock.v1.Inference/Generate"
+INFERENCE_COMPLETE = "/aftershock.v1.Inference/Complete"
 
 
 class TryTimeout(Exception):
@@ -95,14 +96,34 @@ async def attempt(
     retry: RetryConfig,
     metrics: BackendMetrics,
 ) -> AsyncIterator[pb.GenerateResponse]:
-    """One try on one replica, traced as a CLIENT span and counted by outcome."""
-    span, metadata = start_client_span(INFERENCE_GENERATE, replica.address)
+    """One try on one replica, traced as a CLIENT span and counted by outcome.
+
+    A non-streamed request is one unary Complete call (one batch of operations each way instead of
+    a stream's several); it still yields its one message, so the relay treats both alike.
+    """
+    unary = not request.stream
+    span, metadata = start_client_span(INFERENCE_COMPLETE if unary else INFERENCE_GENERATE, replica.address)
     span.set_attribute("aftershock.replica", replica.name)
-    call = replica.stub.Generate(request, timeout=remaining, metadata=metadata)
+    call: (
+        grpc.aio.UnaryUnaryCall[pb.GenerateRequest, pb.GenerateResponse]
+        | grpc.aio.UnaryStreamCall[pb.GenerateRequest, pb.GenerateResponse]
+    )
+    if unary:
+        call = replica.stub.Complete(request, timeout=remaining, metadata=metadata)
+    else:
+        call = replica.stub.Generate(request, timeout=remaining, metadata=metadata)
     replica.in_flight += 1
     code = "OK"
     first_within = retry.per_try_timeout_s if remaining is None else min(retry.per_try_timeout_s, remaining)
     try:
+        if isinstance(call, grpc.aio.UnaryUnaryCall):
+            try:
+                async with asyncio.timeout(first_within):
+                    whole = await call
+            except TimeoutError:
+                raise TryTimeout() from None
+            yield whole
+            return
         messages = call.__aiter__()
         try:
             async with asyncio.timeout(first_within):

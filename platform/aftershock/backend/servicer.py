@@ -27,6 +27,7 @@ from aftershock.clock import SYSTEM_CLOCK, Clock
 from aftershock.context import request_id_var
 from aftershock.metrics import BackendMetrics
 from aftershock.rpc.deadline import deadline_of
+from aftershock.rpc.whole import fold
 from aftershock.tracing import GEN_AI_OPERATION, GEN_AI_REQUEST_MODEL
 from aftershock.v1 import backend_pb2_grpc
 from aftershock.v1 import generation_pb2 as pb
@@ -63,6 +64,39 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.GenerateResponse]:
+        deadline = self._admit(request, context)
+        self.in_flight += 1
+        try:
+            source = self._source(request, deadline)
+            async with contextlib.aclosing(source):
+                async for msg in source:
+                    yield msg
+        finally:
+            self.in_flight -= 1
+
+    async def Complete(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GenerateResponse:
+        """A non-streamed request as one unary call: the same relay (retries, failover, breakers,
+        dedupe), its one message answered at once. request.stream is taken as false."""
+        if request.stream:
+            request.stream = False
+        deadline = self._admit(request, context)
+        self.in_flight += 1
+        try:
+            source = self._source(request, deadline)
+            async with contextlib.aclosing(source):
+                whole = await fold(source)
+        finally:
+            self.in_flight -= 1
+        if whole is None or not whole.finish_reason:
+            raise errors.Internal("The relay ended without a result.")
+        return whole
+
+    def _admit(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> float | None:
+        """Load shedding and the hop's span attributes; the caller's deadline."""
         request_id_var.set(request.request_id)
         if self.in_flight >= self._max_in_flight:
             # Fail fast rather than queue without bound; the edge turns this into 429 + Retry-After.
@@ -79,15 +113,7 @@ class BackendServicer(backend_pb2_grpc.BackendServicer):
                     "aftershock.request_id": request.request_id,
                 }
             )
-        deadline = deadline_of(context)
-        self.in_flight += 1
-        try:
-            source = self._source(request, deadline)
-            async with contextlib.aclosing(source):
-                async for msg in source:
-                    yield msg
-        finally:
-            self.in_flight -= 1
+        return deadline_of(context)
 
     def _source(
         self, request: pb.GenerateRequest, deadline: float | None

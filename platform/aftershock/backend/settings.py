@@ -37,6 +37,8 @@ class BackendSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(50061, ge=0, le=65535)
     metrics_port: int = Field(9101, ge=0, le=65535)
+    # Processes sharing the port (aftershock/workers.py; gRPC binds with SO_REUSEPORT on Linux).
+    workers: int = Field(1, ge=1)
 
     registry_file: Path | None = None
     fallback_catalogue: RegistryConfig = DEFAULT_FALLBACK

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import grpc
@@ -12,13 +13,21 @@ from aftershock.v1 import generation_pb2 as pb
 
 
 class BackendClient:
-    def __init__(self, target: str, models_cache_s: float) -> None:
-        self.channel = insecure_channel(target)
-        self.stub = backend_pb2_grpc.BackendStub(self.channel)
+    def __init__(self, target: str, models_cache_s: float, channels: int = 1) -> None:
+        # Each channel its own connection (a local subchannel pool): a backend running several
+        # workers on one port (SO_REUSEPORT) spreads connections, not calls, among them.
+        options = (("grpc.use_local_subchannel_pool", 1),) if channels > 1 else ()
+        self.channels = [insecure_channel(target, options=options) for _ in range(channels)]
+        self._stubs = itertools.cycle([backend_pb2_grpc.BackendStub(c) for c in self.channels])
         self._cache_s = models_cache_s
         self._models: list[pb.ModelInfo] = []
         self._fetched_at = -1e9
         self.known_models: frozenset[str] = frozenset()
+
+    @property
+    def stub(self) -> backend_pb2_grpc.BackendAsyncStub:
+        """The next connection's stub, in turn."""
+        return next(self._stubs)
 
     async def list_models(self, within_s: float, *, fresh: bool = False) -> list[pb.ModelInfo]:
         now = time.monotonic()
@@ -44,4 +53,5 @@ class BackendClient:
         return True, "ready"
 
     async def close(self) -> None:
-        await self.channel.close()
+        for channel in self.channels:
+            await channel.close()

@@ -34,6 +34,8 @@ from aftershock.metrics import UNKNOWN_MODEL, EdgeMetrics
 from aftershock.rpc.tracing import start_client_span
 
 BACKEND_GENERATE = "/aftershock.v1.Backend/Generate"
+# A non-streamed request is one unary call: one batch of gRPC operations instead of a stream's several.
+BACKEND_COMPLETE = "/aftershock.v1.Backend/Complete"
 
 
 class CompletionHandler(Generic[R]):
@@ -80,9 +82,10 @@ class CompletionHandler(Generic[R]):
             # Scoped like the key: two clients' sessions never share a replica preference by accident.
             session = session_id_of(request)
             grpc_request.session_id = f"{admitted.key.name}:{session}" if session else ""
-            exchange.client_span, metadata = start_client_span(BACKEND_GENERATE, settings.backend_target)
-            rpc = self._backend.stub.Generate(grpc_request, timeout=timeout, metadata=metadata)
+            method = BACKEND_GENERATE if parsed.stream else BACKEND_COMPLETE
+            exchange.client_span, metadata = start_client_span(method, settings.backend_target)
             if parsed.stream:
+                rpc = self._backend.stub.Generate(grpc_request, timeout=timeout, metadata=metadata)
                 response = await open_stream(
                     rpc,
                     self._endpoint.shape,
@@ -96,11 +99,12 @@ class CompletionHandler(Generic[R]):
                 )
                 streaming = True
                 return response
+            call = self._backend.stub.Complete(grpc_request, timeout=timeout, metadata=metadata)
             # A non-streamed handler is not cancelled when its client leaves: watch for it ourselves.
             watcher = asyncio.ensure_future(_disconnected(request))
-            watcher.add_done_callback(lambda _: rpc.cancel())
+            watcher.add_done_callback(lambda _: call.cancel())
             try:
-                return await self._complete(rpc, exchange, completion_id, created, parsed.model)
+                return await self._complete(call, exchange, completion_id, created, parsed.model)
             finally:
                 watcher.cancel()
         except (errors.AftershockError, grpc.aio.AioRpcError) as exc:
@@ -110,18 +114,13 @@ class CompletionHandler(Generic[R]):
                 admitted.release()
 
     async def _complete(
-        self, rpc: Any, exchange: Exchange, completion_id: str, created: int, model: str
+        self, call: Any, exchange: Exchange, completion_id: str, created: int, model: str
     ) -> Response:
-        tokens: list[str] = []
-        first = None
-        last = None
-        async for msg in rpc:
-            if first is None:
-                first = msg
-            tokens.extend(msg.tokens)
-            last = msg
-        if first is None or last is None or not last.finish_reason:
-            raise errors.Internal("The backend ended the stream without a result.")
+        whole = await call
+        if not whole.finish_reason:
+            raise errors.Internal("The backend answered without a result.")
+        first = last = whole
+        tokens = whole.tokens
         exchange.attempts = last.attempts
         completion_id, created, model = responses.served_as(first, completion_id, created, model)
         exchange.served_model = first.model

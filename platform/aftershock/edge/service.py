@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 from collections.abc import Iterator
 
 import uvicorn
@@ -37,7 +38,7 @@ def build(
 ) -> tuple[uvicorn.Server, BackendClient]:
     registry = registry if registry is not None else new_registry()
     metrics = EdgeMetrics(registry)
-    backend = BackendClient(settings.backend_target, settings.models_cache_s)
+    backend = BackendClient(settings.backend_target, settings.models_cache_s, settings.backend_channels)
     limiter = RateLimiter(
         settings.ratelimit_config(),
         redis_up=metrics.redis_up.labels(ratelimit.REDIS_CLIENT),
@@ -61,6 +62,17 @@ def build(
     return _Server(config), backend
 
 
+def _reuse_port_socket(settings: EdgeSettings) -> socket.socket:
+    """The HTTP port bound with SO_REUSEPORT, so the supervisor's workers share it (uvicorn binds
+    without it, and its own --workers shares one socket whose accepts wake every worker)."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((settings.host, settings.port))
+    return sock
+
+
 async def run(settings: EdgeSettings) -> None:
     registry = new_registry()
     server, backend = build(settings, registry)
@@ -71,6 +83,6 @@ async def run(settings: EdgeSettings) -> None:
         # Stop accepting, then drain open streams for up to the grace period.
         loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
     try:
-        await server.serve()
+        await server.serve(sockets=[_reuse_port_socket(settings)] if settings.reuse_port else None)
     finally:
         await backend.close()

@@ -19,6 +19,12 @@ class EdgeSettings(BaseSettings):
     # /metrics lives on its own port, never on the public one; 0 switches it off.
     metrics_port: int = Field(9100, ge=0, le=65535)
     backend_target: str = "127.0.0.1:50061"
+    # Processes sharing the port (aftershock/workers.py); reuse_port is set for each of them.
+    workers: int = Field(1, ge=1)
+    reuse_port: bool = False
+    # Connections to the backend, used in turn: a backend with N workers spreads *connections*
+    # among them (SO_REUSEPORT), so one connection would keep every call on one worker.
+    backend_channels: int = Field(1, ge=1)
 
     # Client timeout: the `x-request-timeout` header (seconds), else this default; capped at the max.
     default_timeout_s: float = Field(600.0, gt=0)

@@ -15,7 +15,7 @@ FINISH_TO_PB = {
 }
 
 
-def engine_request(req: pb.GenerateRequest, deadline: float | None) -> EngineRequest:
+def engine_request(req: pb.GenerateRequest, deadline: float | None, *, stream: bool = True) -> EngineRequest:
     s = req.sampling
     messages: tuple[ChatTurn, ...] | None = None
     prompt: str | None = None
@@ -34,6 +34,7 @@ def engine_request(req: pb.GenerateRequest, deadline: float | None) -> EngineReq
         seed=s.seed if s.HasField("seed") else None,
         stop=tuple(s.stop),
         deadline=deadline,
+        stream=stream and req.stream,
     )
 
 

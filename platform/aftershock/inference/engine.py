@@ -36,6 +36,9 @@ class EngineRequest:
     stop: tuple[str, ...] = ()
     # Monotonic time after which the engine stops working on the request.
     deadline: float | None = None
+    # False when the caller wants the whole answer at once (an engine relaying to a server may then
+    # ask it for one response instead of a stream of events).
+    stream: bool = True
 
     @property
     def deterministic(self) -> bool:

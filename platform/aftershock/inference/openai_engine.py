@@ -1,8 +1,9 @@
 """An existing OpenAI-compatible server (vLLM serve, TGI, llama.cpp server) behind the Engine protocol.
 
-Streams every request (stream=true, usage included) so that time to first token and cancellation
-work the same as with in-process engines; closing the iterator closes the HTTP response, which
-these servers take as an abort.
+A streamed request is streamed from the server (stream=true, usage included) so that time to first
+token and cancellation work the same as with in-process engines; closing the iterator closes the
+HTTP response, which these servers take as an abort. A non-streamed request is one plain call
+whose answer is one JSON body: parsing a stream of events for it cost most of this engine's CPU.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from aftershock.inference.openai_errors import (
     retry_after_of,
     stream_error_status,
 )
+from aftershock.inference.sse import SseData
 
 __all__ = ["OpenAIEngine", "error_for_status", "retry_after_of", "stream_error_status"]
 
@@ -101,11 +103,9 @@ class OpenAIEngine:
         return list(self._models.values())
 
     def _body(self, request: EngineRequest) -> tuple[str, dict[str, Any]]:
-        body: dict[str, Any] = {
-            "model": request.model,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
+        body: dict[str, Any] = {"model": request.model, "stream": request.stream}
+        if request.stream:
+            body["stream_options"] = {"include_usage": True}
         if request.max_tokens:
             body["max_tokens"] = request.max_tokens
         for key in ("temperature", "top_p", "seed"):
@@ -132,16 +132,60 @@ class OpenAIEngine:
                 param="max_tokens",
             )
         path, body = self._body(request)
+        if not request.stream:
+            return self._whole(path, body, request)
         return self._stream(path, body, request)
+
+    def _headers(self, request: EngineRequest, arrival: float) -> tuple[dict[str, str], float | None]:
+        timeout = None if request.deadline is None else max(0.001, request.deadline - arrival)
+        headers = {"x-request-id": request.request_id}
+        if timeout is not None:
+            headers["x-request-timeout"] = f"{timeout:.3f}"
+        return headers, timeout
+
+    async def _whole(
+        self, path: str, body: dict[str, Any], request: EngineRequest
+    ) -> AsyncIterator[EngineOutput]:
+        """One non-streamed call: the whole answer as one output, bounded by the request's deadline."""
+        arrival = time.monotonic()
+        headers, timeout = self._headers(request, arrival)
+        try:
+            async with asyncio.timeout(timeout):
+                resp = await self._client.post(path, json=body, headers=headers, timeout=timeout)
+        except (TimeoutError, httpx.TimeoutException):
+            raise errors.DeadlineExceeded("The upstream server did not answer before the deadline.") from None
+        except httpx.TransportError as exc:
+            raise errors.Unavailable(
+                f"Upstream server unreachable: {type(exc).__name__}.", retry_after_s=DEFAULT_RETRY_AFTER_S
+            ) from None
+        if resp.status_code != 200:
+            raise error_for_status(resp.status_code, resp.content, resp.headers)
+        try:
+            answer = orjson.loads(resp.content)
+            if "error" in answer:
+                raise error_for_status(stream_error_status(answer["error"]), resp.content)
+            choice = answer["choices"][0]
+            chat = path.startswith("chat")
+            text = (choice.get("message") or {}).get("content") if chat else choice.get("text")
+            usage = answer.get("usage") or {}
+        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
+            # The server is broken, not the request: another replica may answer.
+            raise errors.Unavailable(
+                "The upstream server sent a malformed answer.", retry_after_s=DEFAULT_RETRY_AFTER_S
+            ) from None
+        text = text or ""
+        # Without a usage block, a rough count: whitespace-separated words.
+        completion = int(usage.get("completion_tokens") or len(text.split()))
+        finish = _FINISH.get(choice.get("finish_reason") or "stop", "stop")
+        out = EngineOutput([text] if text else [], int(usage.get("prompt_tokens") or 0), completion, finish)
+        out.e2e_s = out.ttft_s = time.monotonic() - arrival  # the first token arrives with the last
+        yield out
 
     async def _stream(
         self, path: str, body: dict[str, Any], request: EngineRequest
     ) -> AsyncIterator[EngineOutput]:
         arrival = time.monotonic()
-        timeout = None if request.deadline is None else max(0.001, request.deadline - arrival)
-        headers = {"x-request-id": request.request_id}
-        if timeout is not None:
-            headers["x-request-timeout"] = f"{timeout:.3f}"
+        headers, timeout = self._headers(request, arrival)
         chat = path.startswith("chat")
         completion = 0
         prompt_tokens = 0
@@ -152,15 +196,14 @@ class OpenAIEngine:
             async with self._client.stream("POST", path, json=body, headers=headers, timeout=timeout) as resp:
                 if resp.status_code != 200:
                     raise error_for_status(resp.status_code, await resp.aread(), resp.headers)
-                lines = resp.aiter_lines()
+                events = SseData(resp.aiter_bytes())
                 while True:
-                    line = await self._next_line(lines, request.deadline, bool(first_at))
-                    if line is None:
-                        break
-                    if not line.startswith("data:"):
+                    data = events.pop()
+                    if data is None:
+                        if not await self._read(events, request.deadline, bool(first_at)):
+                            break
                         continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
+                    if data == b"[DONE]":
                         done = True
                         break
                     try:
@@ -203,20 +246,16 @@ class OpenAIEngine:
         out.e2e_s = now - arrival
         yield out
 
-    async def _next_line(
-        self, lines: AsyncIterator[str], deadline: float | None, started: bool
-    ) -> str | None:
-        """The next SSE line, or None at the end of the body; bounded by the request's deadline, and
-        once the answer has started, by the idle timeout (a server that stalls mid-answer)."""
+    async def _read(self, events: SseData, deadline: float | None, started: bool) -> bool:
+        """Reads more of the body (False at its end); bounded by the request's deadline, and once the
+        answer has started, by the idle timeout (a server that stalls mid-answer)."""
         limit = self._idle_s if started else None
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and (limit is None or left < limit):
             limit = max(0.0, left)
         try:
             async with asyncio.timeout(limit):
-                return await lines.__anext__()
-        except StopAsyncIteration:
-            return None
+                return await events.fill()
         except TimeoutError:
             if left is not None and limit == max(0.0, left):
                 raise errors.DeadlineExceeded(

@@ -39,9 +39,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         self._ready = ready
         self._load = LoadTracker(engine)
 
-    async def Generate(
-        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[pb.GenerateResponse]:
+    def _start(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext[Any, Any], *, stream: bool = True
+    ) -> tuple[AsyncIterator[EngineOutput], Span, int]:
+        """Checks, span attributes and the engine's outputs for one request (either rpc)."""
         request_id_var.set(request.request_id)
         if not request.model:
             raise errors.InvalidArgument("model is required.", param="model")
@@ -60,18 +61,39 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                     "aftershock.request_id": request.request_id,
                 }
             )
-        engine_request = convert.engine_request(request, deadline_of(context))
-        outputs = self._load.track(self._engine.generate(engine_request))
+        engine_request = convert.engine_request(request, deadline_of(context), stream=stream)
+        return self._load.track(self._engine.generate(engine_request)), span, arrival_ns
+
+    async def Complete(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GenerateResponse:
+        """A non-streamed request as one unary answer: the whole completion (request.stream ignored)."""
+        outputs, span, arrival_ns = self._start(request, context, stream=False)
+        return await self._whole(outputs, span, arrival_ns)
+
+    async def _whole(
+        self, outputs: AsyncIterator[EngineOutput], span: Span, arrival_ns: int
+    ) -> pb.GenerateResponse:
+        tokens: list[str] = []
+        whole: pb.GenerateResponse | None = None
+        async for out in outputs:  # drained to its end, so the engine's bookkeeping closes
+            tokens.extend(out.tokens)
+            if out.finish_reason is not None:
+                _record(span, out, arrival_ns)
+                whole = convert.response(out, tokens, reproducible=self._engine.reproducible)
+        if whole is None:
+            raise errors.Internal("The engine ended without a finish reason.")
+        return whole
+
+    async def Generate(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.GenerateResponse]:
+        outputs, span, arrival_ns = self._start(request, context)
         # Every message says whether a resume elsewhere would reproduce this stream.
         reproducible = self._engine.reproducible
         if not request.stream:
             # One message per hop for a non-streamed request: the whole completion at once.
-            tokens: list[str] = []
-            async for out in outputs:
-                tokens.extend(out.tokens)
-                if out.finish_reason is not None:
-                    _record(span, out, arrival_ns)
-                    yield convert.response(out, tokens, reproducible=reproducible)
+            yield await self._whole(outputs, span, arrival_ns)
             return
         interval = request.stream_interval
         if interval <= 1:

@@ -19,10 +19,14 @@ CHANNEL_OPTIONS: tuple[tuple[str, int | str], ...] = (
 
 
 def insecure_channel(
-    target: str, interceptors: Sequence[grpc.aio.ClientInterceptor] = ()
+    target: str,
+    interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+    options: Sequence[tuple[str, int | str]] = (),
 ) -> grpc.aio.Channel:
     """Our own retry policy lives in the backend; gRPC's transparent retries are switched off above.
 
     Calls are traced where they are made (aftershock.rpc.tracing), not by a client interceptor.
     """
-    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS, interceptors=list(interceptors) or None)
+    return grpc.aio.insecure_channel(
+        target, options=(*CHANNEL_OPTIONS, *options), interceptors=list(interceptors) or None
+    )

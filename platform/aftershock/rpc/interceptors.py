@@ -28,13 +28,13 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
     """Maps AftershockError (and anything unexpected) to gRPC status and records RED metrics.
 
     Only aftershock.v1 methods are wrapped (health is not); RED metrics are recorded for the streaming
-    Generate calls, whose requests carry the model.
+    Generate calls and the unary Complete calls, whose requests carry the model.
     """
 
     def __init__(self, metrics: HopMetrics, known_models: Callable[[], Container[str]]) -> None:
         self._metrics = metrics
         self._known_models = known_models
-        # Streaming calls in progress, for graceful shutdown.
+        # Generate and Complete calls in progress, for graceful shutdown.
         self.active = 0
 
     def _model_label(self, request: Any) -> str:
@@ -63,6 +63,14 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
                 response_serializer=handler.response_serializer,
             )
         return handler
+
+    def _count(self, request: Any, model: str, code: str, start: float, span: Any, stream: bool) -> None:
+        metrics = self._metrics
+        metrics.requests_total.labels(metrics.service, model, code).inc()
+        trace_id = trace_id_of(span)
+        metrics.request_duration_seconds.labels(
+            metrics.service, model, "true" if stream else "false"
+        ).observe(time.perf_counter() - start, {"trace_id": trace_id} if trace_id else None)
 
     def _wrap_stream(self, behavior: Any, method: str) -> Callable[..., AsyncIterator[Any]]:
         metrics = self._metrics
@@ -95,27 +103,34 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
             finally:
                 metrics.in_flight.dec()
                 self.active -= 1
-                metrics.requests_total.labels(metrics.service, model, code).inc()
-                trace_id = trace_id_of(span)
-                metrics.request_duration_seconds.labels(
-                    metrics.service, model, "true" if getattr(request, "stream", False) else "false"
-                ).observe(time.perf_counter() - start, {"trace_id": trace_id} if trace_id else None)
+                self._count(request, model, code, start, span, bool(getattr(request, "stream", False)))
                 end_span(span, code)
 
         return wrapper
 
     def _wrap_unary(self, behavior: Any, method: str) -> Callable[..., Awaitable[Any]]:
+        # Complete is a non-streamed Generate as one unary call: counted (RED, in-flight, drain) alike.
+        counted = method.endswith("/Complete")
+        metrics = self._metrics
+
         async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            start = time.perf_counter()
             span = start_server_span(method, context.invocation_metadata())
             code = "OK"
+            if counted:
+                metrics.in_flight.inc()
+                self.active += 1
             try:
                 with trace.use_span(span, end_on_exit=False):
                     return await behavior(request, context)
             except errors.AftershockError as err:
                 code = err.code.name
                 await abort_with(context, err)
-            except (asyncio.CancelledError, grpc.aio.AbortError):
+            except asyncio.CancelledError:
                 code = "CANCELLED"
+                raise
+            except grpc.aio.AbortError:
+                code = _code_name(context)
                 raise
             except Exception:
                 code = "INTERNAL"
@@ -123,6 +138,10 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
                     log.exception("unhandled error in %s", behavior.__qualname__)
                 await context.abort(grpc.StatusCode.INTERNAL, "Internal error.")
             finally:
+                if counted:
+                    metrics.in_flight.dec()
+                    self.active -= 1
+                    self._count(request, self._model_label(request), code, start, span, False)
                 end_span(span, code)
 
         return wrapper

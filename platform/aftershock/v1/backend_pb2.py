@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from aftershock.v1 import generation_pb2 as aftershock_dot_v1_dot_generation__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x61\x66tershock/v1/backend.proto\x12\raftershock.v1\x1a\x1e\x61\x66tershock/v1/generation.proto2\xab\x01\n\x07\x42\x61\x63kend\x12M\n\x08Generate\x12\x1e.aftershock.v1.GenerateRequest\x1a\x1f.aftershock.v1.GenerateResponse0\x01\x12Q\n\nListModels\x12 .aftershock.v1.ListModelsRequest\x1a!.aftershock.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x61\x66tershock/v1/backend.proto\x12\raftershock.v1\x1a\x1e\x61\x66tershock/v1/generation.proto2\xf8\x01\n\x07\x42\x61\x63kend\x12M\n\x08Generate\x12\x1e.aftershock.v1.GenerateRequest\x1a\x1f.aftershock.v1.GenerateResponse0\x01\x12K\n\x08\x43omplete\x12\x1e.aftershock.v1.GenerateRequest\x1a\x1f.aftershock.v1.GenerateResponse\x12Q\n\nListModels\x12 .aftershock.v1.ListModelsRequest\x1a!.aftershock.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,5 +33,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'aftershock.v1.backend_pb2',
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_BACKEND']._serialized_start=79
-  _globals['_BACKEND']._serialized_end=250
+  _globals['_BACKEND']._serialized_end=327
 # @@protoc_insertion_point(module_scope)

@@ -39,6 +39,11 @@ class BackendStub:
                 request_serializer=aftershock_dot_v1_dot_generation__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=aftershock_dot_v1_dot_generation__pb2.GenerateResponse.FromString,
                 _registered_method=True)
+        self.Complete = channel.unary_unary(
+                '/aftershock.v1.Backend/Complete',
+                request_serializer=aftershock_dot_v1_dot_generation__pb2.GenerateRequest.SerializeToString,
+                response_deserializer=aftershock_dot_v1_dot_generation__pb2.GenerateResponse.FromString,
+                _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/aftershock.v1.Backend/ListModels',
                 request_serializer=aftershock_dot_v1_dot_generation__pb2.ListModelsRequest.SerializeToString,
@@ -55,6 +60,14 @@ class BackendServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Complete(self, request, context):
+        """A non-streamed request as one unary call: one batch of operations per hop instead of a
+        stream's several (same semantics as Generate with stream=false; the answer is its one message).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListModels(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -66,6 +79,11 @@ def add_BackendServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Generate': grpc.unary_stream_rpc_method_handler(
                     servicer.Generate,
+                    request_deserializer=aftershock_dot_v1_dot_generation__pb2.GenerateRequest.FromString,
+                    response_serializer=aftershock_dot_v1_dot_generation__pb2.GenerateResponse.SerializeToString,
+            ),
+            'Complete': grpc.unary_unary_rpc_method_handler(
+                    servicer.Complete,
                     request_deserializer=aftershock_dot_v1_dot_generation__pb2.GenerateRequest.FromString,
                     response_serializer=aftershock_dot_v1_dot_generation__pb2.GenerateResponse.SerializeToString,
             ),
@@ -100,6 +118,33 @@ class Backend:
             request,
             target,
             '/aftershock.v1.Backend/Generate',
+            aftershock_dot_v1_dot_generation__pb2.GenerateRequest.SerializeToString,
+            aftershock_dot_v1_dot_generation__pb2.GenerateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Complete(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aftershock.v1.Backend/Complete',
             aftershock_dot_v1_dot_generation__pb2.GenerateRequest.SerializeToString,
             aftershock_dot_v1_dot_generation__pb2.GenerateResponse.FromString,
             options,

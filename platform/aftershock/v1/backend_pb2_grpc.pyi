@@ -32,12 +32,20 @@ class BackendStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> BackendAsyncStub: ...
     Generate: _grpc.UnaryStreamMultiCallable[_generation_pb2.GenerateRequest, _generation_pb2.GenerateResponse]
+    Complete: _grpc.UnaryUnaryMultiCallable[_generation_pb2.GenerateRequest, _generation_pb2.GenerateResponse]
+    """A non-streamed request as one unary call: one batch of operations per hop instead of a
+    stream's several (same semantics as Generate with stream=false; the answer is its one message).
+    """
     ListModels: _grpc.UnaryUnaryMultiCallable[_generation_pb2.ListModelsRequest, _generation_pb2.ListModelsResponse]
 
 @_typing.type_check_only
 class BackendAsyncStub(BackendStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Generate: _aio.UnaryStreamMultiCallable[_generation_pb2.GenerateRequest, _generation_pb2.GenerateResponse]  # type: ignore[assignment]
+    Complete: _aio.UnaryUnaryMultiCallable[_generation_pb2.GenerateRequest, _generation_pb2.GenerateResponse]  # type: ignore[assignment]
+    """A non-streamed request as one unary call: one batch of operations per hop instead of a
+    stream's several (same semantics as Generate with stream=false; the answer is its one message).
+    """
     ListModels: _aio.UnaryUnaryMultiCallable[_generation_pb2.ListModelsRequest, _generation_pb2.ListModelsResponse]  # type: ignore[assignment]
 
 class BackendServicer(metaclass=_abc_1.ABCMeta):
@@ -47,6 +55,16 @@ class BackendServicer(metaclass=_abc_1.ABCMeta):
         request: _generation_pb2.GenerateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_generation_pb2.GenerateResponse], _abc.AsyncIterator[_generation_pb2.GenerateResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Complete(
+        self,
+        request: _generation_pb2.GenerateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_generation_pb2.GenerateResponse, _abc.Awaitable[_generation_pb2.GenerateResponse]]:
+        """A non-streamed request as one unary call: one batch of operations per hop instead of a
+        stream's several (same semantics as Generate with stream=false; the answer is its one message).
+        """
 
     @_abc_1.abstractmethod
     def ListModels(

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from aftershock.v1 import generation_pb2 as aftershock_dot_v1_dot_generation__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x61\x66tershock/v1/inference.proto\x12\raftershock.v1\x1a\x1e\x61\x66tershock/v1/generation.proto\"\x10\n\x0eGetLoadRequest\"F\n\nEngineLoad\x12\x0f\n\x07running\x18\x01 \x01(\r\x12\x0f\n\x07waiting\x18\x02 \x01(\r\x12\x16\n\x0ekv_cache_usage\x18\x03 \x01(\x01\x32\xf2\x01\n\tInference\x12M\n\x08Generate\x12\x1e.aftershock.v1.GenerateRequest\x1a\x1f.aftershock.v1.GenerateResponse0\x01\x12Q\n\nListModels\x12 .aftershock.v1.ListModelsRequest\x1a!.aftershock.v1.ListModelsResponse\x12\x43\n\x07GetLoad\x12\x1d.aftershock.v1.GetLoadRequest\x1a\x19.aftershock.v1.EngineLoadb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x61\x66tershock/v1/inference.proto\x12\raftershock.v1\x1a\x1e\x61\x66tershock/v1/generation.proto\"\x10\n\x0eGetLoadRequest\"F\n\nEngineLoad\x12\x0f\n\x07running\x18\x01 \x01(\r\x12\x0f\n\x07waiting\x18\x02 \x01(\r\x12\x16\n\x0ekv_cache_usage\x18\x03 \x01(\x01\x32\xbf\x02\n\tInference\x12M\n\x08Generate\x12\x1e.aftershock.v1.GenerateRequest\x1a\x1f.aftershock.v1.GenerateResponse0\x01\x12K\n\x08\x43omplete\x12\x1e.aftershock.v1.GenerateRequest\x1a\x1f.aftershock.v1.GenerateResponse\x12Q\n\nListModels\x12 .aftershock.v1.ListModelsRequest\x1a!.aftershock.v1.ListModelsResponse\x12\x43\n\x07GetLoad\x12\x1d.aftershock.v1.GetLoadRequest\x1a\x19.aftershock.v1.EngineLoadb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,5 +37,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENGINELOAD']._serialized_start=98
   _globals['_ENGINELOAD']._serialized_end=168
   _globals['_INFERENCE']._serialized_start=171
-  _globals['_INFERENCE']._serialized_end=413
+  _globals['_INFERENCE']._serialized_end=490
 # @@protoc_insertion_point(module_scope)

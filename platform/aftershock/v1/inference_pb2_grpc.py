@@ -40,6 +40,11 @@ class InferenceStub:
                 request_serializer=aftershock_dot_v1_dot_generation__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=aftershock_dot_v1_dot_generation__pb2.GenerateResponse.FromString,
                 _registered_method=True)
+        self.Complete = channel.unary_unary(
+                '/aftershock.v1.Inference/Complete',
+                request_serializer=aftershock_dot_v1_dot_generation__pb2.GenerateRequest.SerializeToString,
+                response_deserializer=aftershock_dot_v1_dot_generation__pb2.GenerateResponse.FromString,
+                _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/aftershock.v1.Inference/ListModels',
                 request_serializer=aftershock_dot_v1_dot_generation__pb2.ListModelsRequest.SerializeToString,
@@ -57,6 +62,13 @@ class InferenceServicer:
 
     def Generate(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Complete(self, request, context):
+        """A non-streamed request as one unary call (the whole completion in its one answer).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -79,6 +91,11 @@ def add_InferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Generate': grpc.unary_stream_rpc_method_handler(
                     servicer.Generate,
+                    request_deserializer=aftershock_dot_v1_dot_generation__pb2.GenerateRequest.FromString,
+                    response_serializer=aftershock_dot_v1_dot_generation__pb2.GenerateResponse.SerializeToString,
+            ),
+            'Complete': grpc.unary_unary_rpc_method_handler(
+                    servicer.Complete,
                     request_deserializer=aftershock_dot_v1_dot_generation__pb2.GenerateRequest.FromString,
                     response_serializer=aftershock_dot_v1_dot_generation__pb2.GenerateResponse.SerializeToString,
             ),
@@ -118,6 +135,33 @@ class Inference:
             request,
             target,
             '/aftershock.v1.Inference/Generate',
+            aftershock_dot_v1_dot_generation__pb2.GenerateRequest.SerializeToString,
+            aftershock_dot_v1_dot_generation__pb2.GenerateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Complete(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aftershock.v1.Inference/Complete',
             aftershock_dot_v1_dot_generation__pb2.GenerateRequest.SerializeToString,
             aftershock_dot_v1_dot_generation__pb2.GenerateResponse.FromString,
             options,

@@ -233,19 +233,9 @@ class Stack:
         if binary is None:
             raise RuntimeError("redis-server is not installed (scripts/setup.sh installs it)")
         port = self.redis.port if self.redis is not None else free_port()
-        cmd = [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            self.config.host,
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            self._tmp.name,
-        ]
+        # No persistence: a local stack's dedupe and rate-limit state is meant to be thrown away.
+        cmd = [binary, "--port", str(port), "--bind", self.config.host, "--save", ""]
+        cmd += ["--appendonly", "no", "--dir", self._tmp.name]
         popen = subprocess.Popen(
             cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )

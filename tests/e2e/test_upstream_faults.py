@@ -34,6 +34,9 @@ BACKEND_ENV = {
 INFERENCE_ENV = {
     "AFTERSHOCK_INFERENCE_ENGINE": "openai",
     "AFTERSHOCK_INFERENCE_OPENAI_STREAM_IDLE_TIMEOUT_S": "1.0",
+    # The test upstream's text is a function of (model, prompt, seed): declared so, a seeded stream
+    # may resume on the other replica (an undeclared upstream's streams end with an error instead).
+    "AFTERSHOCK_INFERENCE_OPENAI_REPRODUCIBLE": "true",
 }
 
 

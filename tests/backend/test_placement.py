@@ -129,3 +129,15 @@ def test_old_placements_fade() -> None:
         placement.choose(cands(a=0, b=0), key)
     clock.advance(60.0)  # sixty time constants later the history is gone: the home is home again
     assert placement.choose(cands(a=0, b=0), key) == (home, "prefix")
+
+
+def test_a_replica_that_lost_a_hedge_race_is_a_last_resort() -> None:
+    placement = Placement(PlacementConfig())
+    key = point(b"prefix")
+    home = placement.choose(cands(a=0, b=0), key)[0]
+    other = "b" if home == "a" else "a"
+    slow = [Candidate(home, 0, IDLE, slow=True), Candidate(other, 3, IDLE)]
+    assert placement.choose(slow, key)[0] == other
+    assert placement.choose(slow, None)[0] == other
+    # Still used when it is the only one left.
+    assert placement.choose([Candidate(home, 0, IDLE, slow=True)], key)[0] == home

@@ -151,6 +151,8 @@ async def test_a_late_first_token_is_hedged_and_the_loser_aborted(tmp_path: Path
         # Requests whose home is r0 were hedged to r1 and r0's generation aborted.
         assert started == won == reps[0].engine.stats.aborted >= 1
         assert reps[1].engine.stats.aborted == 0
+        # The replica that lost is passed over for a while, so it is not hedged on every request.
+        assert stack.backend.pool.replicas["r0"].slow_until > stack.backend.pool.clock.now()
     finally:
         await stack.backend.stop()
         for r in reps:

@@ -71,6 +71,12 @@ CASES = [
         ],
         ["replica inference-0 serves again"],
     ),
+    (
+        "hedging-off",
+        CHAOS / "hedge-slow-replica.yaml",
+        ["--backend-env", "AFTERSHOCK_BACKEND_HEDGE_ENABLED=false"],
+        ["TTFT p99 during the faults"],
+    ),
 ]
 
 

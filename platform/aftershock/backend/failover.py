@@ -54,7 +54,7 @@ class Failover:
         self._budget = RetryBudget(retry, clock)
         self._clock = clock
         self._rng = rng
-        self._hedging = Hedging(router, metrics, self._budget, hedge)
+        self._hedging = Hedging(router, metrics, self._budget, hedge, clock)
 
     async def relay(
         self, request: pb.GenerateRequest, deadline: float | None

@@ -31,6 +31,8 @@ class HedgeConfig:
     # First-message times kept per model, and how many are needed before deriving a threshold.
     window: int = 256
     min_samples: int = 20
+    # A replica whose first try lost to a hedge is passed over by placement this long.
+    slow_for_s: float = 2.0
 
 
 class FirstMessageTimes:

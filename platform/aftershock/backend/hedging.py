@@ -18,6 +18,7 @@ from aftershock.backend.registry import HedgeRoute
 from aftershock.backend.replicas import Replica
 from aftershock.backend.retry import RetryBudget
 from aftershock.backend.router import Route, Router
+from aftershock.clock import SYSTEM_CLOCK, Clock
 from aftershock.metrics import BackendMetrics
 from aftershock.v1 import generation_pb2 as pb
 
@@ -26,13 +27,21 @@ StartTry = Callable[[Replica, pb.GenerateRequest], Messages]
 
 
 def hedge_config(route: HedgeRoute) -> HedgeConfig:
-    return HedgeConfig(enabled=route.enabled, after_s=route.after_s, quantile=route.quantile)
+    return HedgeConfig(
+        enabled=route.enabled, after_s=route.after_s, quantile=route.quantile, slow_for_s=route.slow_for_s
+    )
 
 
 class Hedging:
     def __init__(
-        self, router: Router, metrics: BackendMetrics, budget: RetryBudget, default: HedgeRoute | None = None
+        self,
+        router: Router,
+        metrics: BackendMetrics,
+        budget: RetryBudget,
+        default: HedgeRoute | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        self._clock = clock
         # For models whose registry route says nothing about hedging.
         self._default = default or HedgeRoute()
         self._router = router
@@ -91,6 +100,9 @@ class Hedging:
             labels.labels(route.model, "cancelled").inc()
             if won.index == 1:
                 labels.labels(route.model, "won").inc()
+                # The first try's replica answered later than another: pass it over for a while,
+                # so a replica that has turned slow gets a few hedges, not every request's.
+                replica.slow_until = self._clock.now() + config.slow_for_s
             trace.get_current_span().add_event("hedge.decided", {"winner": replicas[won.index].name})
         return _prepend(won.first, won.messages), replicas[won.index]
 

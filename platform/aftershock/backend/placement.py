@@ -56,12 +56,25 @@ class Candidate:
     name: str
     in_flight: int
     load: EngineLoad
+    # The replica recently lost a hedge race (its first token came later than another's): placed
+    # only when every other candidate is busier by more than SLOW_PENALTY.
+    slow: bool = False
+
+
+# Larger than any queue a replica would be given work at: a slow replica is a last resort.
+SLOW_PENALTY = 1000.0
 
 
 def score(c: Candidate, config: PlacementConfig) -> float:
     # The engine's count includes other backends' requests; ours includes requests not yet there.
     busy = max(c.in_flight, c.load.running + c.load.waiting)
-    return busy + config.waiting_weight * c.load.waiting + config.kv_cache_weight * c.load.kv_cache_usage
+    penalty = SLOW_PENALTY if c.slow else 0.0
+    return (
+        busy
+        + config.waiting_weight * c.load.waiting
+        + config.kv_cache_weight * c.load.kv_cache_usage
+        + penalty
+    )
 
 
 class Placement:

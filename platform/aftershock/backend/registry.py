@@ -35,6 +35,8 @@ class HedgeRoute(BaseModel):
     # Fixed seconds before hedging; unset derives it from the model's recent first-token times.
     after_s: float | None = Field(default=None, gt=0)
     quantile: float = Field(default=0.95, gt=0, lt=1)
+    # A replica that lost a hedge race is passed over by placement this long (0: never).
+    slow_for_s: float = Field(default=2.0, ge=0)
 
 
 class ModelRoute(BaseModel):

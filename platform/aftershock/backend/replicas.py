@@ -60,6 +60,8 @@ class Replica:
         self.in_flight = 0
         # What the engine last reported (running, waiting, KV cache usage); see placement.
         self.load = EngineLoad()
+        # Until when placement passes this replica over: it lost a hedge race (see hedging.py).
+        self.slow_until = 0.0
         self.models: dict[str, pb.ModelInfo] = {}
         self.not_before = float("-inf")  # on the clock: the replica asked not to be called before
         self._clock = clock

@@ -104,9 +104,10 @@ class Router:
         return self.route(model, exclude).replica
 
     def _place(self, candidates: list[Replica], key: int | None, session: bool) -> tuple[Replica, Reason]:
+        now = self._pool.clock.now()
         by_name = {r.name: r for r in candidates}
         name, reason = self.placement.choose(
-            [Candidate(r.name, r.in_flight, r.load) for r in candidates], key, session
+            [Candidate(r.name, r.in_flight, r.load, r.slow_until > now) for r in candidates], key, session
         )
         return by_name[name], reason
 

@@ -8,18 +8,15 @@ sees (SERVING throughout)."""
 from __future__ import annotations
 
 import asyncio
-import signal
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
-from aftershock.stack import StackConfig
 
 from tests.conftest import ARTIFACTS
-from tests.e2e.test_upstream_faults import MODEL, UpstreamStack, body, wait_every_replica_healthy
+from tests.e2e.test_upstream_faults import UpstreamStack, body, upstream_stack
 from tests.scrape import metric, scrape
-from tests.upstream_proc import start_upstream
 
 pytestmark = pytest.mark.e2e
 
@@ -37,22 +34,8 @@ BACKEND_ENV = {
 
 @pytest.fixture
 def stack(request: pytest.FixtureRequest) -> Iterator[UpstreamStack]:
-    log_dir = ARTIFACTS / "passive-health" / request.node.name
-    log_dir.mkdir(parents=True, exist_ok=True)
-    upstreams = [start_upstream([MODEL], itl_s=0.01, log=log_dir / f"upstream-{i}.log") for i in range(2)]
-    config = StackConfig(replicas=2, log_dir=log_dir, shutdown_grace_s=2, env={"backend": BACKEND_ENV})
-    stack = UpstreamStack(config, upstreams)
-    try:
-        stack.start(models=[MODEL])
-        wait_every_replica_healthy(stack)
-        yield stack
-    finally:
-        for proc in stack.procs():
-            if proc.alive():
-                proc.popen.send_signal(signal.SIGCONT)
-        stack.stop()
-        for up in upstreams:
-            up.stop()
+    with upstream_stack(ARTIFACTS / "passive-health" / request.node.name, 0.01, BACKEND_ENV) as s:
+        yield s
 
 
 async def test_a_replica_that_recovers_gets_traffic_again_within_its_window(stack: UpstreamStack) -> None:

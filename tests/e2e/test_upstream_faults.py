@@ -5,10 +5,12 @@ presented as complete ([DONE] after a cut) and never a wait past the request's d
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -60,12 +62,12 @@ class UpstreamStack(Stack):
             self.config = base
 
 
-@pytest.fixture
-def stack(request: pytest.FixtureRequest) -> Iterator[UpstreamStack]:
-    log_dir = ARTIFACTS / "upstream-faults" / request.node.name
+@contextlib.contextmanager
+def upstream_stack(log_dir: Path, itl_s: float, backend_env: dict[str, str]) -> Iterator[UpstreamStack]:
+    """Two openai-engine replicas, each in front of its own upstream, behind a backend and an edge."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    upstreams = [start_upstream([MODEL], itl_s=0.02, log=log_dir / f"upstream-{i}.log") for i in range(2)]
-    config = StackConfig(replicas=2, log_dir=log_dir, shutdown_grace_s=2, env={"backend": BACKEND_ENV})
+    upstreams = [start_upstream([MODEL], itl_s=itl_s, log=log_dir / f"upstream-{i}.log") for i in range(2)]
+    config = StackConfig(replicas=2, log_dir=log_dir, shutdown_grace_s=2, env={"backend": backend_env})
     stack = UpstreamStack(config, upstreams)
     try:
         stack.start(models=[MODEL])
@@ -78,6 +80,12 @@ def stack(request: pytest.FixtureRequest) -> Iterator[UpstreamStack]:
         stack.stop()
         for up in upstreams:
             up.stop()
+
+
+@pytest.fixture
+def stack(request: pytest.FixtureRequest) -> Iterator[UpstreamStack]:
+    with upstream_stack(ARTIFACTS / "upstream-faults" / request.node.name, 0.02, BACKEND_ENV) as s:
+        yield s
 
 
 def wait_every_replica_healthy(stack: Stack, within_s: float = 20.0) -> None:

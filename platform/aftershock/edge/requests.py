@@ -89,21 +89,19 @@ def timeout_of(request: Request, default_s: float, max_s: float) -> float:
     return default_s
 
 
+def _token_header(request: Request, name: str, shown: str) -> str:
+    """A short printable header value ("" when absent), refused with 400 otherwise."""
+    value = request.headers.get(name, "")
+    if len(value) > 255 or not value.isprintable():
+        raise errors.InvalidArgument(f"{shown} must be at most 255 printable characters.", param=shown)
+    return value
+
+
 def session_id_of(request: Request) -> str:
     """The client's opt-in x-session-id ("" when absent): a session's requests prefer one replica."""
-    session = request.headers.get("x-session-id", "")
-    if len(session) > 255 or not session.isprintable():
-        raise errors.InvalidArgument(
-            "x-session-id must be at most 255 printable characters.", param="x-session-id"
-        )
-    return session
+    return _token_header(request, "x-session-id", "x-session-id")
 
 
 def idempotency_key_of(request: Request) -> str:
     """The client's Idempotency-Key ("" when absent): one generation per key (backend dedupe)."""
-    key = request.headers.get("idempotency-key", "")
-    if len(key) > 255 or not key.isprintable():
-        raise errors.InvalidArgument(
-            "Idempotency-Key must be at most 255 printable characters.", param="Idempotency-Key"
-        )
-    return key
+    return _token_header(request, "idempotency-key", "Idempotency-Key")

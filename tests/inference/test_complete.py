@@ -3,44 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from aftershock.inference.sim_config import SimModelConfig
 from aftershock.inference.sim_tokens import count_prompt_tokens, expected_text
 from aftershock.v1 import generation_pb2 as pb
 from aftershock.v1 import inference_pb2_grpc
 
+from tests.inference.conftest import PROMPT
 from tests.inproc import (
     RunningInference,
     generate_request,
-    inference_stub,
-    start_inference,
     trailing,
     wait_until,
 )
-
-MODELS = (
-    SimModelConfig(name="fast"),
-    SimModelConfig(name="slow", itl_s=0.05),
-    SimModelConfig(name="tight", max_model_len=64, max_output_tokens=16),
-    SimModelConfig(name="busy", fault_overloaded_rate=1.0),
-)
-PROMPT = "tell me a story"
-
-
-@pytest.fixture
-async def replica() -> AsyncIterator[RunningInference]:
-    running = await start_inference(MODELS)
-    yield running
-    await running.service.stop()
-
-
-@pytest.fixture
-async def stub(replica: RunningInference) -> AsyncIterator[inference_pb2_grpc.InferenceStub]:
-    async with inference_stub(replica.address) as s:
-        yield s
 
 
 async def test_complete_answers_the_whole_completion_as_generate_would(

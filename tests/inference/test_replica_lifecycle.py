@@ -60,9 +60,12 @@ async def health(address: str) -> int:
 
 
 def state(service: InferenceService) -> dict[str, float | None]:
-    return {s: service.registry.get_sample_value("aftershock_engine_state",
-                                                 {"replica": service.settings.replica_name, "state": s})
-            for s in ("loading", "ready", "dead")}
+    return {
+        s: service.registry.get_sample_value(
+            "aftershock_engine_state", {"replica": service.settings.replica_name, "state": s}
+        )
+        for s in ("loading", "ready", "dead")
+    }
 
 
 async def test_a_loading_replica_answers_health_not_serving_then_serving() -> None:

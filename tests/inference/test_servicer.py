@@ -3,47 +3,21 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 from aftershock.inference.engine import ChatTurn, render_chat
-from aftershock.inference.sim_config import SimModelConfig
 from aftershock.inference.sim_tokens import count_prompt_tokens, expected_text
 from aftershock.v1 import generation_pb2 as pb
 from aftershock.v1 import inference_pb2, inference_pb2_grpc
 
+from tests.inference.conftest import MODELS, PROMPT
 from tests.inproc import (
     RunningInference,
     generate_request,
-    inference_stub,
-    start_inference,
     trailing,
     wait_until,
 )
-
-MODELS = (
-    SimModelConfig(name="fast"),
-    SimModelConfig(name="paced", itl_s=0.04),
-    SimModelConfig(name="slow", itl_s=0.05),
-    SimModelConfig(name="tight", max_model_len=64, max_output_tokens=16),
-    SimModelConfig(name="busy", fault_overloaded_rate=1.0),
-    SimModelConfig(name="broken", fault_error_rate=1.0),
-)
-PROMPT = "tell me a story"
-
-
-@pytest.fixture
-async def replica() -> AsyncIterator[RunningInference]:
-    running = await start_inference(MODELS)
-    yield running
-    await running.service.stop()
-
-
-@pytest.fixture
-async def stub(replica: RunningInference) -> AsyncIterator[inference_pb2_grpc.InferenceStub]:
-    async with inference_stub(replica.address) as s:
-        yield s
 
 
 async def test_non_stream_sends_exactly_one_message(stub: inference_pb2_grpc.InferenceStub) -> None:

@@ -100,20 +100,24 @@ def contract_problems(proto: type, cls: type) -> list[str]:
             if q is None:
                 problems.append(f"{where}: no parameter {pname!r}")
             elif q.kind != p.kind:
-                problems.append(f"{where}: {pname!r} is {q.kind.description}, the engine assumes "
-                                f"{p.kind.description}")
+                problems.append(
+                    f"{where}: {pname!r} is {q.kind.description}, the engine assumes {p.kind.description}"
+                )
             elif p.default is not inspect.Parameter.empty and q.default is inspect.Parameter.empty:
                 problems.append(f"{where}: {pname!r} is required in vllm, optional for the engine")
         for qname, q in have.items():
             required = q.default is inspect.Parameter.empty and q.kind not in (
-                inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+                inspect.Parameter.VAR_POSITIONAL,
+                inspect.Parameter.VAR_KEYWORD,
+            )
             if qname != "self" and required and qname not in want:
                 problems.append(f"{where}: vllm requires {qname!r}, which the engine never passes")
     return problems
 
 
-@pytest.mark.parametrize(("proto", "module", "name"), vllm_api.CONTRACT,
-                         ids=[c[2] for c in vllm_api.CONTRACT])
+@pytest.mark.parametrize(
+    ("proto", "module", "name"), vllm_api.CONTRACT, ids=[c[2] for c in vllm_api.CONTRACT]
+)
 def test_every_member_the_engine_uses_exists_with_its_parameters_and_kind(
     proto: type, module: str, name: str
 ) -> None:
@@ -149,8 +153,15 @@ def test_the_double_is_built_from_vllms_own_types() -> None:
     assert vllm_fake.RequestOutputKind is sampling_params.RequestOutputKind
     assert vllm_fake.RequestOutput is outputs.RequestOutput
     assert vllm_fake.CompletionOutput is outputs.CompletionOutput
-    for name in ("VLLMClientError", "VLLMValidationError", "VLLMNotFoundError", "GracefulHTTPError",
-                 "QueueOverflowError", "RetryableRequestError", "GenerationError"):
+    for name in (
+        "VLLMClientError",
+        "VLLMValidationError",
+        "VLLMNotFoundError",
+        "GracefulHTTPError",
+        "QueueOverflowError",
+        "RetryableRequestError",
+        "GenerationError",
+    ):
         assert getattr(vllm_fake, name) is getattr(ex, name), name
     assert vllm_fake.EngineDeadError is engine_ex.EngineDeadError
     assert vllm_fake.EngineGenerateError is engine_ex.EngineGenerateError
@@ -163,15 +174,29 @@ def test_the_normal_lane_shapes_match_vllms() -> None:
     from vllm.sampling_params import RequestOutputKind, SamplingParams
 
     assert {k.name: k.value for k in vllm_shapes.RequestOutputKind} == {
-        k.name: k.value for k in RequestOutputKind}
+        k.name: k.value for k in RequestOutputKind
+    }
     real, shape = SamplingParams(), vllm_shapes.SamplingParams()
-    for attr in ("max_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "stop",
-                 "repetition_penalty", "presence_penalty", "frequency_penalty"):
+    for attr in (
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "top_k",
+        "min_p",
+        "seed",
+        "stop",
+        "repetition_penalty",
+        "presence_penalty",
+        "frequency_penalty",
+    ):
         assert getattr(shape, attr) == getattr(real, attr), attr
     fields = [f.name for f in dataclasses.fields(CompletionOutput)]
     assert [f.name for f in dataclasses.fields(vllm_shapes.CompletionOutput)][:5] == fields[:5]
-    names = [n for n in vars(vllm_shapes) if isinstance(getattr(vllm_shapes, n), type)
-             and issubclass(getattr(vllm_shapes, n), Exception)]
+    names = [
+        n
+        for n in vars(vllm_shapes)
+        if isinstance(getattr(vllm_shapes, n), type) and issubclass(getattr(vllm_shapes, n), Exception)
+    ]
     for a, b in itertools.permutations(names, 2):
         real_a, real_b = (getattr(vllm_fake, n, None) for n in (a, b))
         if real_a is None or real_b is None:
@@ -221,15 +246,17 @@ def test_installed_vllm_is_the_pinned_one() -> None:
 # Every request shape the edge accepts (edge/schema.py): max_tokens absent or 1.., temperature
 # [0, 2], top_p (0, 1], seed any int64, up to 4 stop strings; a prompt or chat messages; and models
 # with and without generation_config defaults.
-SHAPES = list(itertools.product(
-    (0, 1, 100),
-    (None, 0.0, 1e-3, 0.7, 2.0),
-    (None, 1e-3, 0.5, 1.0),
-    (None, 0, -(2**63), 2**63 - 1),
-    ((), ("\n",), ("a", "b", "c", "d")),
-    ("prompt", "chat"),
-    ({}, {"temperature": 0.6, "top_p": 0.9, "top_k": 20, "repetition_penalty": 1.05, "max_tokens": 64}),
-))
+SHAPES = list(
+    itertools.product(
+        (0, 1, 100),
+        (None, 0.0, 1e-3, 0.7, 2.0),
+        (None, 1e-3, 0.5, 1.0),
+        (None, 0, -(2**63), 2**63 - 1),
+        ((), ("\n",), ("a", "b", "c", "d")),
+        ("prompt", "chat"),
+        ({}, {"temperature": 0.6, "top_p": 0.9, "top_k": 20, "repetition_penalty": 1.05, "max_tokens": 64}),
+    )
+)
 
 
 async def test_sampling_params_validate_with_the_real_class_for_every_edge_request_shape() -> None:
@@ -241,10 +268,15 @@ async def test_sampling_params_validate_with_the_real_class_for_every_edge_reque
     for max_tokens, temperature, top_p, seed, stop, kind, config in SHAPES:
         engine, fake = engines[0 if not config else 1]
         req = EngineRequest(
-            "shape", "org/model-7b", max_tokens,
+            "shape",
+            "org/model-7b",
+            max_tokens,
             prompt="Hi there" if kind == "prompt" else None,
             messages=(ChatTurn("user", "Hi there"),) if kind == "chat" else None,
-            temperature=temperature, top_p=top_p, seed=seed, stop=stop,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            stop=stop,
         )
         try:
             it = engine.generate(req)

@@ -21,8 +21,11 @@ from tests.inference.vllm_fake import started_engine as started
 
 # Each of vLLM's exception classes, the gRPC code it becomes and the HTTP status the edge answers.
 ERROR_CASES = [
-    (v.VLLMValidationError("temperature must be non-negative", parameter="temperature"),
-     grpc.StatusCode.INVALID_ARGUMENT, 400),
+    (
+        v.VLLMValidationError("temperature must be non-negative", parameter="temperature"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        400,
+    ),
     (v.VLLMNotFoundError("no such LoRA adapter"), grpc.StatusCode.INVALID_ARGUMENT, 400),
     (v.VLLMClientError("bad request"), grpc.StatusCode.INVALID_ARGUMENT, 400),
     (v.QueueOverflowError(), grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
@@ -34,8 +37,9 @@ ERROR_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("failure", "code", "http"), ERROR_CASES,
-                         ids=[type(c[0]).__name__ for c in ERROR_CASES])
+@pytest.mark.parametrize(
+    ("failure", "code", "http"), ERROR_CASES, ids=[type(c[0]).__name__ for c in ERROR_CASES]
+)
 async def test_each_vllm_exception_gets_its_status(
     failure: BaseException, code: grpc.StatusCode, http: int
 ) -> None:

@@ -20,8 +20,9 @@ def deploy_vllm_versions() -> dict[str, set[str]]:
     """Every vLLM version deploy/ names, by file."""
     deploy = ROOT / "deploy"
     found = {
-        "Dockerfile.gpu": re.findall(r"^ARG VLLM_VERSION=(\S+)$", (deploy / "Dockerfile.gpu").read_text(),
-                                     re.M),
+        "Dockerfile.gpu": re.findall(
+            r"^ARG VLLM_VERSION=(\S+)$", (deploy / "Dockerfile.gpu").read_text(), re.M
+        ),
         "compose.yaml": re.findall(r"VLLM_VERSION:-([^}]+)\}", (deploy / "compose.yaml").read_text()),
         ".env.example": re.findall(r"^VLLM_VERSION=(\S+)$", (deploy / ".env.example").read_text(), re.M),
     }

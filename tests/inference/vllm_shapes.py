@@ -50,14 +50,19 @@ class SamplingParams:
         self.frequency_penalty = frequency_penalty
         self.output_kind = output_kind
         if temperature < 0:
-            raise VLLMValidationError(f"temperature must be non-negative, got {temperature}.",
-                                      parameter="temperature", value=temperature)
+            raise VLLMValidationError(
+                f"temperature must be non-negative, got {temperature}.",
+                parameter="temperature",
+                value=temperature,
+            )
         if not 0 < top_p <= 1:
-            raise VLLMValidationError(f"top_p must be in (0, 1], got {top_p}.", parameter="top_p",
-                                      value=top_p)
+            raise VLLMValidationError(
+                f"top_p must be in (0, 1], got {top_p}.", parameter="top_p", value=top_p
+            )
         if max_tokens is not None and max_tokens < 1:
-            raise VLLMValidationError(f"max_tokens must be at least 1, got {max_tokens}.",
-                                      parameter="max_tokens", value=max_tokens)
+            raise VLLMValidationError(
+                f"max_tokens must be at least 1, got {max_tokens}.", parameter="max_tokens", value=max_tokens
+            )
 
 
 @dataclass
@@ -135,8 +140,9 @@ class GracefulHTTPError(VLLMError):
 
 class QueueOverflowError(GracefulHTTPError):
     def __init__(self) -> None:
-        super().__init__("The engine is currently busy and cannot accept new requests.",
-                         HTTPStatus.SERVICE_UNAVAILABLE)
+        super().__init__(
+            "The engine is currently busy and cannot accept new requests.", HTTPStatus.SERVICE_UNAVAILABLE
+        )
 
 
 class EngineGenerateError(VLLMServerError):
@@ -145,6 +151,7 @@ class EngineGenerateError(VLLMServerError):
 
 class EngineDeadError(VLLMServerError):
     def __init__(self, *args: Any, suppress_context: bool = False, **kwargs: Any) -> None:
-        super().__init__("EngineCore encountered an issue. See stack trace (above) for the root cause.",
-                         *args, **kwargs)
+        super().__init__(
+            "EngineCore encountered an issue. See stack trace (above) for the root cause.", *args, **kwargs
+        )
         self.__suppress_context__ = suppress_context

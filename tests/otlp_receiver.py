@@ -21,6 +21,9 @@ class ReceivedSpan:
     kind: int
     attributes: dict[str, Any]
     events: list[str]
+    start_ns: int = 0
+    end_ns: int = 0
+    event_ns: dict[str, int] = field(default_factory=dict)  # each event's time, by name
 
 
 def _value(v: Any) -> Any:
@@ -51,6 +54,9 @@ class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
                                 kind=s.kind,
                                 attributes={a.key: _value(a.value) for a in s.attributes},
                                 events=[e.name for e in s.events],
+                                start_ns=s.start_time_unix_nano,
+                                end_ns=s.end_time_unix_nano,
+                                event_ns={e.name: e.time_unix_nano for e in s.events},
                             )
                         )
         return trace_service_pb2.ExportTraceServiceResponse()

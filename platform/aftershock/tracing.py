@@ -3,7 +3,8 @@
 Spans are always created (trace ids appear in logs, exemplars and the edge's `traceparent` header);
 they are exported over OTLP only when `OTEL_EXPORTER_OTLP_ENDPOINT` (or the traces-specific
 variable) is set, through a batch processor. Sampling, service name and resource attributes follow
-the SDK's own `OTEL_*` variables. Never a span per token: one span per hop plus the engine's phases.
+the SDK's own `OTEL_*` variables. Never a span per token: one span per hop; the engine's phases
+are attributes and events on the inference hop's span.
 """
 
 from __future__ import annotations
@@ -28,6 +29,15 @@ GEN_AI_INPUT_TOKENS = "gen_ai.usage.input_tokens"
 GEN_AI_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
 GEN_AI_FINISH_REASONS = "gen_ai.response.finish_reasons"
 GEN_AI_RESPONSE_ID = "gen_ai.response.id"
+# The engine's phases, named as vLLM's own request spans name them (seconds).
+GEN_AI_LATENCY_TIME_IN_QUEUE = "gen_ai.latency.time_in_queue"
+GEN_AI_LATENCY_TIME_TO_FIRST_TOKEN = "gen_ai.latency.time_to_first_token"
+GEN_AI_LATENCY_PREFILL = "gen_ai.latency.time_in_model_prefill"
+GEN_AI_LATENCY_DECODE = "gen_ai.latency.time_in_model_decode"
+GEN_AI_LATENCY_E2E = "gen_ai.latency.e2e"
+# Span events on the inference hop's span: where the queue ended and where the first token came.
+ENGINE_SCHEDULED = "engine.scheduled"
+ENGINE_FIRST_TOKEN = "engine.first_token"
 
 _configured = False
 

@@ -6,12 +6,14 @@ streams from http://127.0.0.1:PORT/v1 exactly as it would from `vllm serve`.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
 import grpc
+import orjson
 import pytest
 from aftershock import errors
 from aftershock.inference.engine import ChatTurn, EngineOutput, EngineRequest, render_chat
@@ -185,3 +187,58 @@ def test_error_for_status_table(status: int, expected: type[errors.AftershockErr
     fallback = error_for_status(status, b"<html>not json</html>")
     assert fallback.message == f"Upstream server answered HTTP {status}."
     assert error_for_status(status, b'{"error": "plain string"}').message == "plain string"
+
+
+async def _scripted_upstream(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, bursts: list[list[bytes]]
+) -> None:
+    """A raw HTTP/1.1 server that answers /v1/models, and streams completions in `bursts`: every
+    event of a burst in one write, a pause between bursts."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(
+        (
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length")
+        ),
+        0,
+    )
+    await reader.readexactly(length)
+    if head.startswith(b"GET"):
+        body = orjson.dumps({"object": "list", "data": [{"id": "m", "object": "model"}]})
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n")
+        writer.write(b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body) + body)
+    else:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n")
+        for burst in bursts:
+            writer.write(b"".join(b"data: " + e + b"\n\n" for e in burst))
+            await writer.drain()
+            await asyncio.sleep(0.05)
+    await writer.drain()
+    writer.close()
+
+
+def _event(text: str | None = None, finish: str | None = None) -> bytes:
+    return orjson.dumps({"choices": [{"index": 0, "text": text, "finish_reason": finish}]})
+
+
+async def test_events_read_together_are_one_output() -> None:
+    # What the upstream sent in one read is one output (one message on every hop after it); what
+    # came apart stays apart, so nothing is held back waiting for more.
+    bursts = [
+        [_event("a"), _event("b"), _event("c")],
+        [_event("d")],
+        [_event("e"), _event(None, "length"), b"[DONE]"],
+    ]
+    server = await asyncio.start_server(lambda r, w: _scripted_upstream(r, w, bursts), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    eng = OpenAIEngine(f"http://127.0.0.1:{port}/v1", api_key="unused", timeout_s=10)
+    try:
+        await eng.start()
+        _, outs = await run(eng.generate(req("m", max_tokens=5)))
+    finally:
+        await eng.stop()
+        server.close()
+    assert [list(o.tokens) for o in outs] == [["a", "b", "c"], ["d"], ["e"]]
+    assert [o.completion_tokens for o in outs] == [3, 4, 5]
+    assert [o.finish_reason for o in outs] == [None, None, "length"]

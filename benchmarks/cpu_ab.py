@@ -2,6 +2,7 @@
 
     PYTHONPATH=$PWD/platform .venv/bin/python benchmarks/cpu_ab.py \
         --tree before=/tmp/before/platform --tree after=$PWD/platform --rounds 3 [--profile DIR]
+        [--scenarios nonstream,stream,paced]
 
 A lean companion to overhead.py for code changes: each round starts a whole stack per tree (sim
 engine, zero latency, telemetry on and exported to a discarding OTLP receiver), runs 32 closed-loop
@@ -24,8 +25,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from aftershock.stack import Stack, StackConfig  # noqa: E402
+from discard_receiver import DiscardReceiver  # noqa: E402
 from load import HttpTarget, closed_loop  # noqa: E402
-from overhead import _DiscardReceiver  # noqa: E402
 from procstat import CpuWindow  # noqa: E402
 
 
@@ -59,8 +60,16 @@ def _spies(profile: Path, tag: str, pids: dict[str, int]) -> list[subprocess.Pop
     ]
 
 
+# name: (model, stream, concurrency, max_tokens); "paced" streams one token every 20 ms.
+SCENARIOS = {
+    "nonstream": ("bench-zero", False, 32, 16),
+    "stream": ("bench-zero", True, 64, 64),
+    "paced": ("bench-paced", True, 64, 64),
+}
+
+
 async def _measure(
-    stack: Stack, n_req: int, n_streams: int, profile: Path | None, tag: str
+    stack: Stack, n_req: int, n_streams: int, profile: Path | None, tag: str, scenarios: list[str]
 ) -> dict[str, float]:
     assert stack.edge and stack.backend
     pids = {
@@ -73,11 +82,12 @@ async def _measure(
             for i, child in enumerate(_children(pids.pop(service))):
                 pids[f"{service}.{i}"] = child
     out: dict[str, float] = {}
-    for name, stream, conc, total, max_tokens in (
-        ("nonstream", False, 32, n_req, 16),
-        ("stream", True, 64, n_streams, 64),
-    ):
-        target = HttpTarget(stack.edge_url, "bench-zero", max_tokens, stream, conc)
+    for name in scenarios:
+        model, stream, conc, max_tokens = SCENARIOS[name]
+        total = n_streams if stream else n_req
+        if name == "paced":
+            total = max(conc, n_streams // 4)  # 1.3 s a stream: a quarter as many
+        target = HttpTarget(stack.edge_url, model, max_tokens, stream, conc)
         spies: list[subprocess.Popen[bytes]] = []
         try:
             await closed_loop(target.send, conc, max(64, total // 10))  # warm-up
@@ -101,13 +111,15 @@ async def _measure(
         errors = len(run.results) - len(ok)
         tokens = sum(r.tokens for r in ok) or 1
         out[f"{name}.errors"] = float(errors)
+        out[f"{name}.tokens_per_message"] = tokens / (sum(r.messages for r in ok) or 1)
         out[f"{name}.rps"] = len(ok) / wall
         for proc, seconds in spent.items():
             if name == "nonstream":
                 out[f"{name}.cpu_ms_per_req.{proc}"] = seconds * 1000 / max(1, len(ok))
             else:
                 out[f"{name}.cpu_us_per_token.{proc}"] = seconds * 1e6 / tokens
-    for key in ("nonstream.cpu_ms_per_req", "stream.cpu_us_per_token"):
+    for name in scenarios:
+        key = f"{name}.cpu_ms_per_req" if name == "nonstream" else f"{name}.cpu_us_per_token"
         out[f"{key}.edge+backend"] = out[f"{key}.edge"] + out[f"{key}.backend"]
     return out
 
@@ -128,9 +140,13 @@ def main() -> int:
     parser.add_argument("--profile", type=Path, default=None, help="write py-spy raw profiles here")
     parser.add_argument("--telemetry", choices=("on", "off"), default="on")
     parser.add_argument("--workers", type=int, default=1, help="processes each for edge and backend")
+    parser.add_argument("--scenarios", default="nonstream,stream", help=f"comma list of {sorted(SCENARIOS)}")
     args = parser.parse_args()
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    if not scenarios or set(scenarios) - set(SCENARIOS):
+        parser.error(f"--scenarios: choose from {sorted(SCENARIOS)}")
     trees = dict(t.split("=", 1) for t in args.tree)
-    receiver = _DiscardReceiver()
+    receiver = DiscardReceiver()
     telemetry = (
         {
             "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}",
@@ -155,7 +171,9 @@ def main() -> int:
             with Stack(config) as stack:
                 stack.start()
                 prof = args.profile if args.profile and rnd == 0 else None
-                raw[name].append(asyncio.run(_measure(stack, args.requests, args.streams, prof, name)))
+                raw[name].append(
+                    asyncio.run(_measure(stack, args.requests, args.streams, prof, name, scenarios))
+                )
             print(f"round {rnd + 1} {name}: done", file=sys.stderr)
     receiver.stop()
     for key in sorted(next(iter(raw.values()))[0]):

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import email.utils
 import time
+from collections.abc import Mapping
 
-import httpx
 import orjson
 
 from aftershock import errors
@@ -20,8 +20,9 @@ from aftershock import errors
 DEFAULT_RETRY_AFTER_S = 1.0
 
 
-def retry_after_of(headers: httpx.Headers | None) -> float | None:
-    """An upstream Retry-After (seconds or an HTTP date) in seconds; None when absent or unreadable."""
+def retry_after_of(headers: Mapping[str, str] | None) -> float | None:
+    """An upstream Retry-After (seconds or an HTTP date) in seconds; None when absent or unreadable.
+    `headers` looks names up case-insensitively (aiohttp's and httpx's headers both do)."""
     value = headers.get("retry-after") if headers is not None else None
     if not value:
         return None
@@ -38,7 +39,7 @@ def retry_after_of(headers: httpx.Headers | None) -> float | None:
 
 
 def error_for_status(
-    status: int, body: bytes, headers: httpx.Headers | None = None
+    status: int, body: bytes, headers: Mapping[str, str] | None = None
 ) -> errors.AftershockError:
     """Upstream HTTP failure → our error, keeping the upstream message and Retry-After when it has them.
 

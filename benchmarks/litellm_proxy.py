@@ -29,8 +29,8 @@ def litellm_bin(version: str, log: Path) -> Path:
     return exe
 
 
-def litellm_config(path: Path, upstream: str, model: str) -> Path:
-    """One model routed to the upstream; LiteLLM's own telemetry off."""
+def litellm_config(path: Path, upstream: str, *models: str) -> Path:
+    """Each model routed to the upstream; LiteLLM's own telemetry off."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         json.dumps(
@@ -44,6 +44,7 @@ def litellm_config(path: Path, upstream: str, model: str) -> Path:
                             "api_key": "none",
                         },
                     }
+                    for model in models
                 ],
                 "litellm_settings": {"telemetry": False, "drop_params": True},
             }

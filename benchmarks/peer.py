@@ -2,12 +2,18 @@
 
     .venv/bin/python benchmarks/peer.py [--rounds 3] [--requests 600] [--quick] [--no-litellm]
 
-The same requests (32 closed-loop clients, 16-token replies, non-streamed and streamed) go to the
+The same requests (32 closed-loop clients, 16-token replies, non-streamed, streamed and streamed
+paced) go to the
 upstream directly, through Aftershock (edge -> backend -> inference with the `openai` engine,
 telemetry on and exported to a local OTLP receiver that discards spans) and through LiteLLM proxy
 (one worker), in interleaved rounds. CPU per request comes from /proc/<pid>/stat of each process
 (all threads; LiteLLM's whole process tree), latency from the client, both with the error count.
 "Added latency" subtracts the direct figure: every client here speaks HTTP, so they compare.
+
+Streamed: the upstream writes its 16 events back to back, and a relay may pass on the ones that
+arrived together as one event (Aftershock does; events/req shows it). Streamed paced: the upstream
+writes one event every --itl-ms (10 ms), as a model server generating tokens does, so every event
+is relayed on its own: the per-chunk cost of each relay.
 
 LiteLLM is installed on first use into its own environment, .bench/litellm-<version> (git-ignored),
 with the pinned version, so the benchmark never touches the project's venv.
@@ -42,6 +48,9 @@ from load import HttpTarget, Run, closed_loop, open_loop, percentile  # noqa: E4
 from procstat import CpuWindow  # noqa: E402
 
 MODEL = "peer-model"
+PACED_MODEL = "peer-model-paced"  # the upstream streams it one event every --itl-ms
+# kind: (model, stream)
+KINDS = {"nonstream": (MODEL, False), "stream": (MODEL, True), "stream-paced": (PACED_MODEL, True)}
 # Well below saturation for every target here (LiteLLM streams saturate at a few per second on this
 # shared machine), so latency measures the hops, not a queue.
 OPEN_RATE = 10.0
@@ -105,6 +114,7 @@ def figures(name: str, run: Run, spent: dict[str, float], fixed: Run) -> Figures
     out[f"{name}.p99_ms"] = percentile(lat, 99)
     out[f"{name}.rps"] = len(run.ok()) / run.wall_s if run.wall_s else 0.0
     out[f"{name}.tokens_per_req"] = sum(r.tokens for r in run.ok()) / max(1, len(run.ok()))
+    out[f"{name}.events_per_req"] = sum(r.messages for r in run.ok()) / max(1, len(run.ok()))
     # Open loop: latency (TTFT for streams) timed from each request's scheduled arrival.
     open_ok = fixed.ok()
     out[f"{name}.open_p50_ms"] = percentile([r.latency_s * 1000 for r in open_ok], 50)
@@ -128,6 +138,7 @@ def main() -> int:
     parser.add_argument(
         "--open-seconds", type=float, default=8.0, help=f"open loop at {OPEN_RATE:.0f} req/s; 0: none"
     )
+    parser.add_argument("--itl-ms", type=float, default=10.0, help="the paced stream's pause between events")
     parser.add_argument("--quick", action="store_true", help="one round of 100 requests (smoke test)")
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "bench")
     args = parser.parse_args()
@@ -149,10 +160,11 @@ def main() -> int:
     )
     raw: list[Figures] = []
     up_cmd = [sys.executable, str(HERE / "upstream.py"), "--port", str(up_port), "--model", MODEL]
+    up_cmd += ["--paced-model", PACED_MODEL, "--itl-ms", str(args.itl_ms)]
     with ExitStack() as ctx:
         up_pid = ctx.enter_context(process(up_cmd, logs / "upstream.log", f"{upstream}/models"))
         stack = ctx.enter_context(Stack(stack_cfg))
-        stack.start(models=[MODEL])
+        stack.start(models=[MODEL, PACED_MODEL])
         assert stack.edge and stack.backend
         aftershock = {
             "edge": stack.edge.popen.pid,
@@ -170,7 +182,7 @@ def main() -> int:
             exe = litellm_bin(args.litellm_version, logs / "litellm-install.log")
             key = "sk-" + secrets.token_hex(16)
             ll_port = free_port()
-            cfg = litellm_config(logs / "litellm.json", upstream, MODEL)
+            cfg = litellm_config(logs / "litellm.json", upstream, MODEL, PACED_MODEL)
             cmd = [str(exe), "--config", str(cfg), "--host", "127.0.0.1", "--port", str(ll_port)]
             ll_pid = ctx.enter_context(
                 process(
@@ -191,12 +203,11 @@ def main() -> int:
             figs: Figures = {}
             order = list(targets)
             order = order[rnd % len(order) :] + order[: rnd % len(order)]  # rotate who goes first
-            for stream in (False, True):
-                kind = "stream" if stream else "nonstream"
+            for kind, (model, stream) in KINDS.items():
                 for name in order:
                     url, pids, tree = targets[name]
                     target = HttpTarget(
-                        url, MODEL, args.max_tokens, stream, args.concurrency, headers=auth.get(name)
+                        url, model, args.max_tokens, stream, args.concurrency, headers=auth.get(name)
                     )
                     run, spent, fixed = asyncio.run(
                         measure(target, pids, tree, args.concurrency, args.requests, args.open_seconds)
@@ -236,9 +247,9 @@ def print_table(raw: list[Figures], names: list[str]) -> None:
     rate = f"{OPEN_RATE:.0f}/s"
     head = ["kind", "target", *(f"cpu.{p}" for p in procs), "closed p50", "p99", "added p50"]
     head += [f"open {rate} p50", "p99", "added p50", "added p99", "ttft p50", "added ttft"]
-    head += ["closed req/s", "tok/req", "errors"]
+    head += ["closed req/s", "tok/req", "events/req", "errors"]
     print(" | ".join(head))
-    for kind in ("nonstream", "stream"):
+    for kind in KINDS:
         for name in names:
             pre = f"{kind}.{name}"
             cells = [kind, name, *(_med(raw, f"{pre}.cpu_ms_per_req.{p}") for p in procs)]
@@ -250,10 +261,11 @@ def print_table(raw: list[Figures], names: list[str]) -> None:
                 if q == "open_ttft_p50_ms":
                     cells.append(_med(raw, f"{pre}.{q}"))
                 cells.append(_added(raw, pre, f"{kind}.direct", q))
-            cells += [_med(raw, f"{pre}.rps"), _med(raw, f"{pre}.tokens_per_req"), _med(raw, f"{pre}.errors")]
+            cells += [_med(raw, f"{pre}.rps"), _med(raw, f"{pre}.tokens_per_req")]
+            cells += [_med(raw, f"{pre}.events_per_req"), _med(raw, f"{pre}.errors")]
             print(" | ".join(cells))
     if "litellm" in names:
-        for kind in ("nonstream", "stream"):
+        for kind in KINDS:
             ratios = [
                 (
                     r[f"{kind}.aftershock.cpu_ms_per_req.total"]

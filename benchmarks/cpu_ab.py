@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from aftershock.stack import Stack, StackConfig  # noqa: E402
-from discard_receiver import DiscardReceiver  # noqa: E402
+from discard_receiver import DiscardReceiver, HttpDiscardReceiver  # noqa: E402
 from load import HttpTarget, closed_loop  # noqa: E402
 from procstat import CpuWindow  # noqa: E402
 
@@ -139,6 +139,7 @@ def main() -> int:
     parser.add_argument("--streams", type=int, default=320)
     parser.add_argument("--profile", type=Path, default=None, help="write py-spy raw profiles here")
     parser.add_argument("--telemetry", choices=("on", "off"), default="on")
+    parser.add_argument("--otlp-protocol", choices=("grpc", "http/protobuf"), default="grpc")
     parser.add_argument("--workers", type=int, default=1, help="processes each for edge and backend")
     parser.add_argument("--scenarios", default="nonstream,stream", help=f"comma list of {sorted(SCENARIOS)}")
     args = parser.parse_args()
@@ -146,11 +147,12 @@ def main() -> int:
     if not scenarios or set(scenarios) - set(SCENARIOS):
         parser.error(f"--scenarios: choose from {sorted(SCENARIOS)}")
     trees = dict(t.split("=", 1) for t in args.tree)
-    receiver = DiscardReceiver()
+    receiver = DiscardReceiver() if args.otlp_protocol == "grpc" else HttpDiscardReceiver()
     telemetry = (
         {
             "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}",
             "OTEL_EXPORTER_OTLP_INSECURE": "true",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": args.otlp_protocol,
         }
         if args.telemetry == "on"
         else {"OTEL_SDK_DISABLED": "true"}

@@ -88,13 +88,14 @@ class OpenAIEngine:
 
     async def start(self) -> None:
         """Learn the served models (vLLM reports max_model_len; others get the configured default)."""
-        self._session = aiohttp.ClientSession(
-            headers=self._auth,
-            # Only the connect phase has its own bound here: every call sets its total or read
-            # bound from the request's deadline.
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5.0),
-            connector=aiohttp.TCPConnector(limit=1024),
-        )
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                headers=self._auth,
+                # Only the connect phase has its own bound here: every call sets its total or read
+                # bound from the request's deadline.
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5.0),
+                connector=aiohttp.TCPConnector(limit=1024),
+            )
         async with self._session.get(
             self._base + "models", timeout=aiohttp.ClientTimeout(total=self._timeout_s)
         ) as resp:

@@ -4,10 +4,7 @@ A streamed request is streamed from the server (stream=true, usage included) so 
 token and cancellation work the same as with in-process engines; closing the iterator closes the
 HTTP response, which these servers take as an abort. A non-streamed request is one plain call
 whose answer is one JSON body: parsing a stream of events for it cost most of this engine's CPU.
-
-Why aiohttp and not httpx (used elsewhere in the project): under 32 concurrent requests httpx's
-connection pool cost 2.2-2.4 ms of CPU per request here, aiohttp's client 0.11-0.17 ms, on the
-same upstream (the benchmarks' minimal server); for a relay that was most of what it spent.
+The HTTP client is openai_http.py (aiohttp, and why).
 """
 
 from __future__ import annotations
@@ -29,6 +26,7 @@ from aftershock.inference.openai_errors import (
     retry_after_of,
     stream_error_status,
 )
+from aftershock.inference.openai_http import UpstreamHttp
 from aftershock.inference.sse import SseData
 
 __all__ = ["OpenAIEngine", "error_for_status", "retry_after_of", "stream_error_status"]
@@ -64,10 +62,8 @@ class OpenAIEngine:
         # Only the operator knows whether the upstream server is batch invariant (vLLM with
         # VLLM_BATCH_INVARIANT=1): off unless configured.
         self.reproducible = reproducible
-        self._auth = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        self._base = base_url.rstrip("/") + "/"
+        self._http = UpstreamHttp(base_url, api_key)
         self._timeout_s = timeout_s
-        self._session: aiohttp.ClientSession | None = None  # made in start(), on the running loop
         self._idle_s = stream_idle_timeout_s
         self._default_len = default_max_model_len
         self._default_out = default_max_output_tokens
@@ -88,19 +84,8 @@ class OpenAIEngine:
 
     async def start(self) -> None:
         """Learn the served models (vLLM reports max_model_len; others get the configured default)."""
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                headers=self._auth,
-                # Only the connect phase has its own bound here: every call sets its total or read
-                # bound from the request's deadline.
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5.0),
-                connector=aiohttp.TCPConnector(limit=1024),
-            )
-        async with self._session.get(
-            self._base + "models", timeout=aiohttp.ClientTimeout(total=self._timeout_s)
-        ) as resp:
-            resp.raise_for_status()
-            listing = orjson.loads(await resp.read())
+        self._http.open()
+        listing = await self._http.get_json("models", self._timeout_s)
         for item in listing.get("data", []):
             max_len = int(item.get("max_model_len") or self._default_len)
             self._models[item["id"]] = ModelSpec(
@@ -109,22 +94,7 @@ class OpenAIEngine:
         log.info("openai engine ready", extra={"models": sorted(self._models)})
 
     async def stop(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-
-    def _post(
-        self, path: str, body: dict[str, Any], headers: dict[str, str], timeout: aiohttp.ClientTimeout
-    ) -> Any:
-        if self._session is None:
-            raise errors.Unavailable(
-                "The openai engine has not started.", retry_after_s=DEFAULT_RETRY_AFTER_S
-            )
-        return self._session.post(
-            self._base + path,
-            data=orjson.dumps(body),
-            headers={**headers, "content-type": "application/json"},
-            timeout=timeout,
-        )
+        await self._http.close()
 
     def models(self) -> Sequence[ModelSpec]:
         return list(self._models.values())
@@ -177,7 +147,7 @@ class OpenAIEngine:
         arrival = time.monotonic()
         headers, timeout = self._headers(request, arrival)
         try:
-            async with self._post(path, body, headers, aiohttp.ClientTimeout(total=timeout)) as resp:
+            async with self._http.post(path, body, headers, total=timeout) as resp:
                 status, content, resp_headers = resp.status, await resp.read(), resp.headers
         except TimeoutError:  # aiohttp's own timeouts are TimeoutErrors too
             raise errors.DeadlineExceeded("The upstream server did not answer before the deadline.") from None
@@ -225,8 +195,7 @@ class OpenAIEngine:
         try:
             # Each socket read bounded by the time left at the start; _read() keeps the exact
             # deadline and the idle bound once the answer has started.
-            bound = aiohttp.ClientTimeout(total=None, sock_read=timeout)
-            async with self._post(path, body, headers, bound) as resp:
+            async with self._http.post(path, body, headers, read=timeout) as resp:
                 if resp.status != 200:
                     raise error_for_status(resp.status, await resp.read(), resp.headers)
                 events = SseData(resp.content.iter_any())

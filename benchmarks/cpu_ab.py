@@ -77,6 +77,8 @@ async def _measure(
         "backend": stack.backend.popen.pid,
         "inference": stack.inference[0].popen.pid,
     }
+    if stack.redis is not None:  # dedupe's Redis calls are part of what a keyed request costs
+        pids["redis"] = stack.redis.popen.pid
     if stack.config.workers > 1:  # the supervisors idle; their workers do the work
         for service in ("edge", "backend"):
             for i, child in enumerate(_children(pids.pop(service))):
@@ -140,6 +142,9 @@ def main() -> int:
     parser.add_argument("--profile", type=Path, default=None, help="write py-spy raw profiles here")
     parser.add_argument("--telemetry", choices=("on", "off"), default="on")
     parser.add_argument("--otlp-protocol", choices=("grpc", "http/protobuf"), default="grpc")
+    parser.add_argument(
+        "--dedupe", action="store_true", help="a real redis-server and a fresh Idempotency-Key per request"
+    )
     parser.add_argument("--workers", type=int, default=1, help="processes each for edge and backend")
     parser.add_argument("--scenarios", default="nonstream,stream", help=f"comma list of {sorted(SCENARIOS)}")
     args = parser.parse_args()
@@ -169,7 +174,9 @@ def main() -> int:
                 env=svc_env,
                 log_dir=Path("reports/bench/logs") / f"ab-{name}-{rnd}",
                 workers=int(workers or args.workers),
+                redis=args.dedupe,
             )
+            HttpTarget.idempotency_prefix = f"ab-{name}-{rnd}" if args.dedupe else None
             with Stack(config) as stack:
                 stack.start()
                 prof = args.profile if args.profile and rnd == 0 else None

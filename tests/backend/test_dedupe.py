@@ -262,3 +262,36 @@ async def test_publish_does_not_wait_for_redis(h: Harness) -> None:
     assert time.monotonic() - start < 0.05
     assert await claim.finish()
     assert wire(await asyncio.wait_for(drain(join.messages()), 2)) == wire(msgs)
+
+
+async def _script_calls(url: str) -> int:
+    """Script calls redis-server has run (INFO commandstats; the commands a script runs are counted
+    apart, under their own names). Every dedupe round trip is one script."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(url)
+    try:
+        stats = await client.info("commandstats")
+    finally:
+        await client.aclose()
+    return sum(int(v["calls"]) for k, v in stats.items() if k.startswith("cmdstat_eval"))
+
+
+async def test_a_one_message_generation_costs_two_redis_calls(h: Harness) -> None:
+    # begin, then finish carrying the last message: no publish of its own for the message that
+    # ends the generation (a non-streamed request is exactly that).
+    d = h.make()
+    (only,) = script(1)
+
+    async def generate() -> AsyncIterator[pb.GenerateResponse]:
+        yield only
+
+    # Warm: connections made (CLIENT SETINFO) and scripts loaded, as in a running backend.
+    await drain(d.serve("warm", "fp", generate, stream=False))
+    before = await _script_calls(h.url)
+    got = await drain(d.serve("two-calls", "fp", generate, stream=False))
+    assert wire(got) == wire([only])
+    assert await _script_calls(h.url) - before == 2
+    replay = await d.begin("two-calls", "fp")
+    assert isinstance(replay, Replay)
+    assert wire(await drain(replay.messages())) == wire([only])

@@ -31,6 +31,7 @@ def traced() -> Iterator[tuple[Stack, OtlpReceiver]]:
             replicas=1,
             shutdown_grace_s=5,
             env={"inference": env, "backend": env, "edge": env},
+            redis=True,
         ) as stack:
             yield stack, receiver
     finally:
@@ -144,6 +145,27 @@ def test_a_non_streamed_request_is_one_unary_call_per_hop(traced: tuple[Stack, O
     assert inference.attributes["gen_ai.operation.name"] == "text_completion"
     assert inference.events == ["engine.scheduled", "engine.first_token"]
     assert len(spans) == 5, names
+
+
+def test_a_keyed_request_traces_its_two_redis_calls(traced: tuple[Stack, OtlpReceiver]) -> None:
+    stack, receiver = traced
+    body = {"model": "sim-fast", "prompt": "keyed", "max_tokens": 4}
+    url = f"{stack.edge_url}/v1/completions"
+    with httpx.Client(timeout=10) as client:
+        # Warm: redis-py loads each script on its first use (a NOSCRIPT reply, SCRIPT LOAD, again).
+        assert client.post(url, json=body, headers={"idempotency-key": "tr-warm"}).status_code == 200
+        resp = client.post(url, json=body, headers={"idempotency-key": "tr-1"})
+    assert resp.status_code == 200
+    trace_id = resp.headers["traceparent"].split("-")[1]
+    spans = _wait_for_trace(
+        receiver, trace_id, {"aftershock-edge", "aftershock-backend", "aftershock-inference"}
+    )
+    (backend,) = [s for s in spans if s.service == "aftershock-backend" and s.kind == SERVER]
+    calls = [s for s in spans if s.attributes.get("db.system") == "redis"]
+    # Claim, then finish with the result: a span each, under the backend's span.
+    assert len(calls) == 2, [(s.name, s.attributes) for s in calls]
+    assert all(s.parent_id == backend.span_id and s.kind == CLIENT for s in calls)
+    assert "dedupe" in backend.events
 
 
 def test_prompt_text_is_not_recorded(traced: tuple[Stack, OtlpReceiver]) -> None:

@@ -138,8 +138,9 @@ class Claim:
             # wait(), not await: our cancellation must not cancel the flush joiners depend on.
             await asyncio.wait({self._flusher})
 
-    async def finish(self) -> bool:
-        """Store the result for result_ttl_s. False when it could not be stored (nothing to undo)."""
+    async def finish(self, last: pb.GenerateResponse | None = None) -> bool:
+        """Store the result for result_ttl_s, `last` (the message with the finish reason) in the same
+        call. False when it could not be stored (nothing to undo)."""
         if self._closed:
             return False
         self._closed = True
@@ -153,6 +154,8 @@ class Claim:
             await self._release()
             return False
         batch, self._pending = self._pending, []
+        if last is not None:
+            batch.append(last.SerializeToString())
         try:
             ok = await self._store.finish(self._keys, self._token, self._flushed + 1, batch)
         except RedisDown:
@@ -178,12 +181,15 @@ class Claim:
         try:
             async with closing(source):
                 async for msg in source:
-                    await self.publish(msg)
                     if msg.finish_reason:
                         # The result is complete: store it before handing over the last message, since
                         # a caller may close us right after receiving it (or drop before it arrives).
+                        # The last message goes with it: one Redis call fewer (a non-streamed request
+                        # makes two in all: begin and finish).
                         finished = True
-                        await asyncio.shield(self.finish())
+                        await asyncio.shield(self.finish(msg))
+                    else:
+                        await self.publish(msg)
                     yield msg
             finished = True
         finally:

@@ -114,6 +114,7 @@ async def attempt(
         call = replica.stub.Generate(request, timeout=remaining, metadata=metadata)
     replica.in_flight += 1
     code = "OK"
+    complete = False  # the last message came: the call ends by itself, nothing to cancel
     first_within = retry.per_try_timeout_s if remaining is None else min(retry.per_try_timeout_s, remaining)
     try:
         if isinstance(call, grpc.aio.UnaryUnaryCall):
@@ -122,6 +123,7 @@ async def attempt(
                     whole = await call
             except TimeoutError:
                 raise TryTimeout() from None
+            complete = True
             yield whole
             return
         messages = call.__aiter__()
@@ -130,6 +132,7 @@ async def attempt(
                 first = await messages.__anext__()
         except TimeoutError:
             raise TryTimeout() from None
+        complete = bool(first.finish_reason)
         yield first
         idle = retry.stream_idle_timeout_s
         while True:
@@ -140,6 +143,7 @@ async def attempt(
                 break
             except TimeoutError:
                 raise TryTimeout(f"The replica stalled mid-stream: no message for {idle:g} s.") from None
+            complete = bool(msg.finish_reason)
             yield msg
     except grpc.aio.AioRpcError as exc:
         code = exc.code().name
@@ -153,6 +157,9 @@ async def attempt(
         raise
     finally:
         replica.in_flight -= 1
-        call.cancel()
+        if not complete or code != "OK":
+            # Cancelling a call whose last message came would tear down the replica's handler
+            # as it finishes normally (and log a spurious error there).
+            call.cancel()
         metrics.upstream_requests_total.labels(replica.name, code).inc()
         end_span(span, code)

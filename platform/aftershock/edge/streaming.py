@@ -69,6 +69,7 @@ async def _events(
 ) -> AsyncIterator[bytes]:
     itl = metrics.inter_token_latency_seconds.labels(exchange.model)
     code = "OK"
+    complete = False  # the backend sent its last message: the call ends by itself
     last_at = 0.0
     sent = 0  # completion tokens sent so far
     msg = first
@@ -95,6 +96,7 @@ async def _events(
                 tail = encoder.finish(finish)
                 if encoder.include_usage:
                     tail += encoder.usage(msg.prompt_tokens, msg.completion_tokens)
+                complete = True
                 yield head + tail + sse.DONE
                 metrics.output_tokens_total.labels("edge", exchange.model).inc(msg.completion_tokens)
                 return
@@ -114,6 +116,9 @@ async def _events(
         code = "CANCELLED"
         raise
     finally:
-        rpc.cancel()
+        # Cancel only a call that has not ended: cancelling one whose last message came would
+        # tear down the backend's handler as it finishes normally (and log a spurious error there).
+        if not complete or code != "OK":
+            rpc.cancel()
         release()
         exchange.finish(metrics, code, 200)

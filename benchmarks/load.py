@@ -1,7 +1,9 @@
 """Load generators: closed loop, open (Poisson) loop and streams, over HTTP (edge) or gRPC (direct).
 
 The generator runs in its own process and shares the cores with the services, so it is kept lean:
-one event loop, pooled connections, bodies pre-encoded.
+one event loop, pooled connections, bodies pre-encoded. Its HTTP client is aiohttp: httpx's
+connection pool cost 2.2-2.4 ms of CPU per request at 32 concurrent requests here, so one client
+process topped out near 400 req/s and capped every closed loop (aiohttp: 0.11-0.17 ms).
 
 Every request is timed from the moment it was due: in a closed loop that is when a worker picks it
 up, in an open loop its scheduled arrival, so a generator that falls behind shows up as latency
@@ -16,8 +18,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+import aiohttp
 import grpc
-import httpx
 import orjson
 from aftershock.v1 import backend_pb2_grpc, inference_pb2_grpc
 from aftershock.v1 import generation_pb2 as pb
@@ -129,9 +131,9 @@ class HttpTarget:
         *,
         headers: dict[str, str] | None = None,
     ) -> None:
-        self.client = httpx.AsyncClient(
-            base_url=base_url, timeout=60, limits=httpx.Limits(max_connections=connections)
-        )
+        self.url = base_url.rstrip("/") + "/v1/completions"
+        self.connections = connections
+        self._session: aiohttp.ClientSession | None = None  # made on first use, on the running loop
         self.stream = stream
         self.max_tokens = max_tokens
         self.headers = {"content-type": "application/json", **(headers or {})}
@@ -150,19 +152,21 @@ class HttpTarget:
         if self.idempotency_prefix is not None:
             key = f"{self.idempotency_prefix}-{self.stream}-{i}-{time.monotonic_ns()}"
             headers = {**headers, "idempotency-key": key}
+        session = self._client()
         if not self.stream:
-            resp = await self.client.post("/v1/completions", content=body, headers=headers)
+            async with session.post(self.url, data=body, headers=headers) as resp:
+                raw = await resp.read()
             done = time.perf_counter()
-            if resp.status_code != 200:
-                return Result(done - due, done - due, 0, 1, False, f"http_{resp.status_code}")
-            tokens = int(resp.json()["usage"]["completion_tokens"])
+            if resp.status != 200:
+                return Result(done - due, done - due, 0, 1, False, f"http_{resp.status}")
+            tokens = int(orjson.loads(raw)["usage"]["completion_tokens"])
             return Result(done - due, done - due, tokens, 1, True)
         ttft = 0.0
         sse = SseCounter()
         status = 0
-        async with self.client.stream("POST", "/v1/completions", content=body, headers=headers) as resp:
-            status = resp.status_code
-            async for chunk in resp.aiter_raw():
+        async with session.post(self.url, data=body, headers=headers) as resp:
+            status = resp.status
+            async for chunk in resp.content.iter_any():
                 if not ttft:
                     ttft = time.perf_counter() - due
                 sse.feed(chunk)
@@ -171,8 +175,17 @@ class HttpTarget:
         error = error or sse.error or ("" if sse.done else "no_done")
         return Result(done - due, ttft, sse.tokens, sse.events, not error, error)
 
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.connections),
+                timeout=aiohttp.ClientTimeout(total=60),
+            )
+        return self._session
+
     async def close(self) -> None:
-        await self.client.aclose()
+        if self._session is not None:
+            await self._session.close()
 
 
 class GrpcTarget:

@@ -59,6 +59,15 @@ class Proc:
     def alive(self) -> bool:
         return self.popen.poll() is None
 
+    def log_tail(self, chars: int = 1500) -> str:
+        """The end of its log, so a process that died says why where its death is reported."""
+        if self.log is None:
+            return ""
+        self.log.flush()
+        with open(self.log.name, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - chars))
+            return f.read().decode(errors="replace")
+
 
 class Stack:
     def __init__(self, config: StackConfig) -> None:
@@ -216,7 +225,11 @@ class Stack:
         while time.monotonic() < deadline:
             for proc in self.procs():
                 if not proc.alive():
-                    raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode} during start-up")
+                    tail = proc.log_tail()
+                    raise RuntimeError(
+                        f"{proc.name} exited with {proc.popen.returncode} during start-up"
+                        + (f"; the end of its log:\n{tail}" if tail else "")
+                    )
             try:
                 resp = httpx.get(f"{self.edge_url}/readyz", timeout=1.0)
                 if resp.status_code == 200:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from aftershock.chaos.spec import load_drill
-from aftershock.chaos.verdict import judge, verdict_of
+from aftershock.chaos.verdict import during_fault, judge, steady, verdict_of
 
 from tests.chaos import fed
 from tests.conftest import TESTS
@@ -70,3 +70,30 @@ def test_every_drill_in_the_suite_can_be_judged_at_ci_length() -> None:
     for path in sorted(CHAOS.glob("*.yaml")):
         if path.name != "models.yaml":
             assert load_drill(path).scaled(0.5).too_short() is None, path.stem
+
+
+def test_a_request_caught_by_the_fault_is_the_faults_not_the_steady_states() -> None:
+    """Sent 0.1 s before the resets began, retried on the other replica, 1.5 s to its first token:
+    the fault's doing. Judged as steady state, it failed the p99 TTFT hypothesis (1.0 s)."""
+    drill = _load("reset-peer-backend-inference")
+    records = fed.records(drill)
+    start = drill.fault_start_s
+    caught = [r for r in records if start - 0.15 < r.started < start][:2]
+    for r in caught:
+        r.latency_s, r.ttft_s = 1.6, 1.5
+    assert caught
+    checks = {c.name: c for c in judge(drill, records, fed.healthy_samples(drill), None)}
+    assert checks["steady state: p99 TTFT"].outcome == "pass", checks["steady state: p99 TTFT"]
+    assert verdict_of(list(checks.values())) == "pass"
+    assert set(map(id, caught)) <= set(map(id, during_fault(drill, records)))
+    assert not set(map(id, caught)) & set(map(id, steady(drill, records)))
+
+
+def test_a_request_that_ended_before_the_fault_is_still_steady_state() -> None:
+    drill = _load("reset-peer-backend-inference")
+    records = fed.records(drill)
+    slow = [r for r in records if r.started + 1.2 < drill.fault_start_s][-2:]
+    for r in slow:
+        r.latency_s, r.ttft_s = 1.1, 1.1
+    checks = {c.name: c for c in judge(drill, records, fed.healthy_samples(drill), None)}
+    assert checks["steady state: p99 TTFT"].outcome == "fail"

@@ -192,7 +192,7 @@ def _markdown(
     lines += [
         "",
         f"{s['requests']} requests, {s['succeeded']} succeeded; "
-        f"{s['fault_requests']} started during the fault, "
+        f"{s['fault_requests']} in flight during the fault, "
         f"{s['steady_requests']} in steady state.",
         "",
     ]

@@ -256,6 +256,8 @@ def run_drill(
             gevent.sleep(1.0)  # the services' span batches (200 ms) reach the collector
             target.stop()  # and a graceful stop flushes what is left
     records = recorder.snapshot()
+    if own and target.traces is not None:
+        records = target.traces.with_tries(records)
     fired = (
         _fired_alerts(target.prometheus_url, time.monotonic() - recorder.start)
         if target.prometheus_url

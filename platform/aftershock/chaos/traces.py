@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
@@ -17,12 +18,18 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from aftershock.chaos.check import Check, check
 from aftershock.chaos.record import Record
 
+# The backend's CLIENT span of every try on a replica carries this attribute (backend/attempt.py).
+_BACKEND = "aftershock-backend"
+_TRY_ATTRIBUTE = "aftershock.replica"
+
 
 class TraceCollector:
-    """Keeps, per trace id, the names of the services that exported spans for it."""
+    """Keeps, per trace id, the names of the services that exported spans for it and how many
+    tries on a replica the backend made."""
 
     def __init__(self) -> None:
         self.services: dict[str, set[str]] = defaultdict(set)
+        self.tries: dict[str, int] = defaultdict(int)
         self._lock = threading.Lock()
         collector = self
 
@@ -72,11 +79,25 @@ class TraceCollector:
                 )
                 for ss in rs.scope_spans:
                     for span in ss.spans:
-                        self.services[span.trace_id.hex()].add(service)
+                        trace_id = span.trace_id.hex()
+                        self.services[trace_id].add(service)
+                        if service == _BACKEND and any(a.key == _TRY_ATTRIBUTE for a in span.attributes):
+                            self.tries[trace_id] += 1
 
     def found(self, trace_id: str) -> set[str]:
         with self._lock:
             return set(self.services.get(trace_id, ()))
+
+    def with_tries(self, records: Sequence[Record]) -> list[Record]:
+        """The records, each with the tries its trace shows where those are more than its response
+        said: a stream resumed on another replica after its first token was retried, but its
+        headers (x-aftershock-attempts) had gone out with that token."""
+        with self._lock:
+            tries = dict(self.tries)
+        return [
+            replace(r, attempts=tries[r.trace_id]) if tries.get(r.trace_id, 0) > r.attempts else r
+            for r in records
+        ]
 
 
 def traces_check(records: Sequence[Record], collector: TraceCollector, limit: int = 100) -> Check:

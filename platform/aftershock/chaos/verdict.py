@@ -36,16 +36,26 @@ def _rate(records: Sequence[Record]) -> float:
     return sum(r.ok for r in records) / len(records)
 
 
+def _overlaps_fault(drill: Drill, r: Record) -> bool:
+    """Whether the request was in flight at some moment of the fault window: one sent just before
+    a fault and caught by it is the fault's, not evidence about the steady state."""
+    return r.started < drill.fault_end_s and r.started + r.latency_s > drill.fault_start_s
+
+
 def steady(drill: Drill, records: Sequence[Record]) -> list[Record]:
+    """Requests the faults never touched: done before the first began, or sent after the last
+    ended and the system's settle window passed."""
+    settled = drill.fault_end_s + drill.settle_s
     return [
         r
         for r in records
-        if r.started < drill.fault_start_s or r.started >= drill.fault_end_s + drill.settle_s
+        if not _overlaps_fault(drill, r) and not drill.fault_end_s <= r.started < settled
     ]
 
 
 def during_fault(drill: Drill, records: Sequence[Record]) -> list[Record]:
-    return [r for r in records if drill.fault_start_s <= r.started < drill.fault_end_s]
+    """Requests in flight during the fault window, those it caught mid-way included."""
+    return [r for r in records if _overlaps_fault(drill, r)]
 
 
 def judge(

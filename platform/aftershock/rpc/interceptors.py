@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Container
 from typing import Any
 
 import grpc
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from aftershock import errors
@@ -82,10 +83,22 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
             metrics.in_flight.inc()
             self.active += 1
             span = start_server_span(method, context.invocation_metadata())
+            current = trace.set_span_in_context(span)
+            messages = behavior(request, context)
             try:
-                with trace.use_span(span, end_on_exit=False):
-                    async for msg in behavior(request, context):
-                        yield msg
+                while True:
+                    # The span is current while the handler runs, never across a yield: a stream
+                    # its caller abandons leaves this generator suspended at the yield, and the
+                    # event loop's finalizer closes it later from another context, where a context
+                    # attached here cannot be detached ("Failed to detach context").
+                    token = otel_context.attach(current)
+                    try:
+                        msg = await anext(messages)
+                    except StopAsyncIteration:
+                        break
+                    finally:
+                        otel_context.detach(token)
+                    yield msg
             except errors.AftershockError as err:
                 code = err.code.name
                 await abort_with(context, err)
@@ -101,6 +114,13 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
                     log.exception("unhandled error in %s", behavior.__qualname__)
                 await context.abort(grpc.StatusCode.INTERNAL, "Internal error.")
             finally:
+                # Closed now, not whenever the collector gets to it: the handler's own cleanup
+                # (cancelling its call to the next hop) is due when the stream ends.
+                token = otel_context.attach(current)
+                try:
+                    await messages.aclose()
+                finally:
+                    otel_context.detach(token)
                 metrics.in_flight.dec()
                 self.active -= 1
                 self._count(request, model, code, start, span, bool(getattr(request, "stream", False)))

@@ -21,7 +21,8 @@ async def test_streams_cancelled_mid_way_log_no_context_errors(caplog: pytest.Lo
     # Cancels land while the handler waits to send (its generator suspended at a yield): the
     # generator is then closed later by the event loop's finalizer, in another context. A span
     # context held across that yield could not be detached there ("Failed to detach context").
-    inference = await start_inference([SimModelConfig(name="fast", max_model_len=100_000, max_output_tokens=100_000)])
+    model = SimModelConfig(name="fast", max_model_len=100_000, max_output_tokens=100_000)
+    inference = await start_inference([model])
     channel = grpc.aio.insecure_channel(inference.address)
     stub = inference_pb2_grpc.InferenceStub(channel)
     caplog.set_level(logging.ERROR)

@@ -14,6 +14,7 @@ import grpc
 from aftershock import errors
 from aftershock.backend.replicas import Replica
 from aftershock.backend.retry import RetryConfig
+from aftershock.backend.stall import StallWatch
 from aftershock.metrics import BackendMetrics
 from aftershock.rpc.status import error_from_rpc
 from aftershock.rpc.tracing import end_span, start_client_span
@@ -135,16 +136,19 @@ async def attempt(
         complete = bool(first.finish_reason)
         yield first
         idle = retry.stream_idle_timeout_s
-        while True:
-            try:
-                async with asyncio.timeout(idle):
-                    msg = await messages.__anext__()
-            except StopAsyncIteration:
-                break
-            except TimeoutError:
-                raise TryTimeout(f"The replica stalled mid-stream: no message for {idle:g} s.") from None
-            complete = bool(msg.finish_reason)
-            yield msg
+        watch = StallWatch(idle)
+        try:
+            while True:
+                try:
+                    msg = await watch.next(messages)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise TryTimeout(f"The replica stalled mid-stream: no message for {idle:g} s.") from None
+                complete = bool(msg.finish_reason)
+                yield msg
+        finally:
+            watch.close()
     except grpc.aio.AioRpcError as exc:
         code = exc.code().name
         hold_replica(replica, exc, metrics)

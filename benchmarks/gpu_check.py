@@ -117,7 +117,7 @@ def _preflight() -> str | None:
 
 def _service_imports() -> str | None:
     """Whether this Python can run the inference service (its dependencies beside PyTorch's)."""
-    code = "import aftershock.cli, aftershock.inference.service, aftershock.inference.sim"
+    code = "import aftershock.cli, aftershock.runtime, aftershock.inference.service, aftershock.inference.sim"
     env = dict(os.environ, PYTHONPATH=str(ROOT / "platform"))
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     if done.returncode != 0:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+
+import pytest
 from aftershock.inference.gpu import GpuSampler, _nvml, start_gpu_sampler
 from aftershock.metrics import GpuMetrics, new_registry
 from prometheus_client import generate_latest
@@ -25,11 +28,16 @@ class FlakyNvml:
     """pynvml's own calls' shapes (its structs and NVMLError) for one GPU; `lost` makes every
     per-device call fail the way a GPU that fell off the bus does."""
 
-    def __init__(self) -> None:
+    RESERVED = 600 * 2**20  # what the driver keeps for itself
+
+    def __init__(self, v2: bool = True) -> None:
         import pynvml
 
         self.pynvml = pynvml
+        self.nvmlMemory_v2 = pynvml.nvmlMemory_v2
+        self.NVMLError = pynvml.NVMLError
         self.lost = False
+        self.v2 = v2  # whether the driver has the second memory call
 
     def _check(self) -> None:
         if self.lost:
@@ -47,11 +55,46 @@ class FlakyNvml:
         util.gpu = 70
         return util
 
-    def nvmlDeviceGetMemoryInfo(self, handle: object) -> object:
+    def nvmlDeviceGetMemoryInfo(self, handle: object, version: int | None = None) -> object:
         self._check()
-        mem = self.pynvml.c_nvmlMemory_t()
-        mem.used, mem.total = 3 * 2**30, 80 * 2**30
-        return mem
+        if version is None:
+            mem = self.pynvml.c_nvmlMemory_t()
+            mem.used, mem.total = 3 * 2**30 + self.RESERVED, 80 * 2**30
+            return mem
+        if not self.v2:
+            raise self.pynvml.NVMLError(self.pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
+        mem2 = self.pynvml.c_nvmlMemory_v2_t()
+        mem2.version = version
+        mem2.used, mem2.reserved, mem2.total = 3 * 2**30, self.RESERVED, 80 * 2**30
+        return mem2
+
+
+def test_the_fake_nvml_calls_as_the_installed_pynvml_does() -> None:
+    import pynvml
+
+    fake = FlakyNvml()
+    for name in (
+        "nvmlDeviceGetCount",
+        "nvmlDeviceGetHandleByIndex",
+        "nvmlDeviceGetUtilizationRates",
+        "nvmlDeviceGetMemoryInfo",
+    ):
+        real = list(inspect.signature(getattr(pynvml, name)).parameters)
+        assert list(inspect.signature(getattr(fake, name)).parameters) == real, name
+
+
+@pytest.mark.parametrize("v2", [True, False], ids=["driver-with-v2", "driver-without-v2"])
+def test_used_memory_leaves_out_the_drivers_reserve_where_nvml_can_say(v2: bool) -> None:
+    # On an H200, NVML's first memory call said 618 MiB used where nvidia-smi said 4 MiB.
+    registry = new_registry()
+    nvml = FlakyNvml(v2=v2)
+    sampler = GpuSampler(nvml, GpuMetrics(registry), 60.0, thread=False)
+    sampler.sample()
+    used = registry.get_sample_value("aftershock_gpu_memory_used_bytes", {"gpu": "0"})
+    assert used == 3 * 2**30 + (0 if v2 else FlakyNvml.RESERVED)
+    labels = {"call": "nvmlDeviceGetMemoryInfo"}
+    # A driver without the second call is not an error.
+    assert not registry.get_sample_value("aftershock_gpu_nvml_errors_total", labels)
 
 
 def test_a_failing_nvml_call_is_counted_and_never_raises() -> None:

@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# NVML's answers when a driver lacks the second memory call (pynvml's NVML_ERROR_NOT_SUPPORTED,
+# _FUNCTION_NOT_FOUND and _ARGUMENT_VERSION_MISMATCH); a binding without it raises TypeError.
+_NO_V2 = frozenset({3, 13, 25})
+
 
 def _nvml() -> Any | None:
     try:
@@ -55,6 +59,10 @@ class GpuSampler:
             for i in range(count)
         )
         self._handles = [(i, h) for i, h in enumerate(handles) if h is not None]
+        # The first memory call counts what the driver reserves for itself as used (614 MiB on an
+        # idle H200, seen against nvidia-smi's 4 MiB); the second reports it apart, and its "used"
+        # is what nvidia-smi shows. Older drivers and bindings have only the first.
+        self._memory_version: int | None = getattr(nvml, "nvmlMemory_v2", None)
         self._stop = threading.Event()
         self.sample()
         if thread:
@@ -64,9 +72,12 @@ class GpuSampler:
         try:
             return fn(*args)
         except Exception as exc:  # NVMLError (GPU lost, driver reset, timeout) or anything else
-            self._metrics.nvml_errors_total.labels(call).inc()
-            log.warning("nvml call failed", extra={"call": call, "error": type(exc).__name__})
+            self._failed(call, exc)
             return None
+
+    def _failed(self, call: str, exc: Exception) -> None:
+        self._metrics.nvml_errors_total.labels(call).inc()
+        log.warning("nvml call failed", extra={"call": call, "error": type(exc).__name__})
 
     def sample(self) -> None:
         for index, handle in self._handles:
@@ -75,10 +86,25 @@ class GpuSampler:
             util = self._guard("nvmlDeviceGetUtilizationRates", nvml.nvmlDeviceGetUtilizationRates, handle)
             if util is not None:
                 self._metrics.utilization_ratio.labels(gpu).set(util.gpu / 100.0)
-            mem = self._guard("nvmlDeviceGetMemoryInfo", nvml.nvmlDeviceGetMemoryInfo, handle)
+            mem = self._memory(handle)
             if mem is not None:
                 self._metrics.memory_used_bytes.labels(gpu).set(mem.used)
                 self._metrics.memory_total_bytes.labels(gpu).set(mem.total)
+
+    def _memory(self, handle: Any) -> Any | None:
+        nvml = self._nvml
+        call = "nvmlDeviceGetMemoryInfo"
+        if self._memory_version is not None:
+            try:
+                return nvml.nvmlDeviceGetMemoryInfo(handle, version=self._memory_version)
+            except Exception as exc:
+                unsupported = isinstance(exc, TypeError) or getattr(exc, "value", None) in _NO_V2
+                if not unsupported:
+                    self._failed(call, exc)
+                    return None
+            log.info("nvml has no memory call v2: used memory includes the driver's reserve")
+            self._memory_version = None
+        return self._guard(call, nvml.nvmlDeviceGetMemoryInfo, handle)
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval_s):

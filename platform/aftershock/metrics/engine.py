@@ -90,7 +90,10 @@ class GpuMetrics:
             "aftershock_gpu_utilization_ratio", "GPU busy fraction, 0 to 1.", ["gpu"], registry=registry
         )
         self.memory_used_bytes = Gauge(
-            "aftershock_gpu_memory_used_bytes", "GPU memory in use.", ["gpu"], registry=registry
+            "aftershock_gpu_memory_used_bytes",
+            "GPU memory in use, as nvidia-smi counts it (the driver's own reserve left out).",
+            ["gpu"],
+            registry=registry,
         )
         self.memory_total_bytes = Gauge(
             "aftershock_gpu_memory_total_bytes", "GPU memory in all.", ["gpu"], registry=registry

@@ -68,14 +68,30 @@ async def test_streams_that_end_normally_are_not_cancelled(stack: Stack) -> None
     body = {"model": "sim-fast", "prompt": "short", "max_tokens": 4, "stream": True}
     url = f"{stack.edge_url}/v1/completions"
     gate = asyncio.Semaphore(64)
+    resent = 0
 
     async def one(client: httpx.AsyncClient) -> bytes:
-        async with gate, client.stream("POST", url, json=body) as resp:
-            return await resp.aread()
+        # A pooled connection closed under the client before any response came (seen once in CI:
+        # end of stream while awaiting the headers, nothing in the edge's log) is sent again, as
+        # the openai SDK does. Once headers came, any error fails the test.
+        nonlocal resent
+        async with gate:
+            for attempt in (1, 2):
+                answered = False
+                try:
+                    async with client.stream("POST", url, json=body) as resp:
+                        answered = True
+                        return await resp.aread()
+                except httpx.ReadError:
+                    if answered or attempt == 2:
+                        raise
+                    resent += 1
+        raise AssertionError("unreachable")
 
     async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=64)) as client:
         bodies = await asyncio.gather(*(one(client) for _ in range(600)))
     assert all(b.endswith(b"data: [DONE]\n\n") for b in bodies)
+    assert resent <= 3, f"{resent} of 600 requests met a closed connection"
     await asyncio.sleep(0.5)  # let the handlers finish and log
     for log, start in offsets.items():
         with log.open("rb") as f:

@@ -23,7 +23,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
         frozenset(
             {"aftershock", "aftershock.v1", "aftershock.errors", "aftershock.clock", "aftershock.context"}
         )
-        | frozenset({"aftershock.ports", "aftershock.topology"}),
+        | frozenset({"aftershock.ports", "aftershock.proc", "aftershock.topology"}),
     ),
     (
         "telemetry",

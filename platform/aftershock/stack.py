@@ -22,6 +22,7 @@ import yaml
 
 from aftershock import topology
 from aftershock.ports import free_port, free_port_run
+from aftershock.proc import Proc
 from aftershock.topology import Proxy
 
 
@@ -46,27 +47,6 @@ class StackConfig:
     # Processes for the edge and the backend each (aftershock/workers.py); worker i of a service
     # serves metrics on its metrics_port + i.
     workers: int = 1
-
-
-@dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    port: int
-    metrics_port: int
-    log: IO[bytes] | None = None
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def log_tail(self, chars: int = 1500) -> str:
-        """The end of its log, so a process that died says why where its death is reported."""
-        if self.log is None:
-            return ""
-        self.log.flush()
-        with open(self.log.name, "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - chars))
-            return f.read().decode(errors="replace")
 
 
 class Stack:

@@ -16,7 +16,8 @@ from typing import Any
 import httpx
 import pytest
 from aftershock.inference.sim_tokens import expected_text
-from aftershock.stack import Proc, Stack, StackConfig
+from aftershock.proc import Proc
+from aftershock.stack import Stack, StackConfig
 
 from tests.conftest import ARTIFACTS
 from tests.e2e.sse_client import content_of, events

@@ -202,3 +202,27 @@ def test_latency_histogram_exemplar_carries_the_request_trace_id(traced: tuple[S
         if line.startswith("aftershock_request_duration_seconds_bucket") and 'model="sim-slow"' in line
     ]
     assert any(f'# {{trace_id="{trace_id}"}}' in line for line in lines), lines
+
+
+def test_a_stream_handler_error_is_recorded_on_its_server_span(traced: tuple[Stack, OtlpReceiver]) -> None:
+    # The replica refuses the stream (prompt plus max_tokens over the model's context) inside its
+    # handler, and the backend's handler raises in turn: each server span records the exception,
+    # as the unary path's does.
+    stack, receiver = traced
+    body = {"model": "sim-fast", "prompt": "too long", "max_tokens": 10_000_000, "stream": True}
+    with httpx.Client(timeout=10) as client:
+        resp = client.post(f"{stack.edge_url}/v1/completions", json=body)
+    assert resp.status_code == 400, resp.text
+    trace_id = resp.headers["traceparent"].split("-")[1]
+
+    def refused() -> list[ReceivedSpan]:
+        spans = [
+            s
+            for s in receiver.of_trace(trace_id)
+            if s.kind == SERVER and s.service in ("aftershock-backend", "aftershock-inference")
+        ]
+        return spans if len(spans) == 2 else []
+
+    for span in wait_for(refused, 15, f"trace {trace_id}'s server spans", every_s=0.1):
+        assert span.attributes["rpc.grpc.status_code"] == 3, span  # INVALID_ARGUMENT
+        assert "exception" in span.events, (span.service, span.events)

@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Container
 from typing import Any
 
 import grpc
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from aftershock import errors
@@ -83,7 +82,6 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
             metrics.in_flight.inc()
             self.active += 1
             span = start_server_span(method, context.invocation_metadata())
-            current = trace.set_span_in_context(span)
             messages = behavior(request, context)
             try:
                 while True:
@@ -91,13 +89,10 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
                     # its caller abandons leaves this generator suspended at the yield, and the
                     # event loop's finalizer closes it later from another context, where a context
                     # attached here cannot be detached ("Failed to detach context").
-                    token = otel_context.attach(current)
-                    try:
-                        msg = await anext(messages)
-                    except StopAsyncIteration:
+                    with trace.use_span(span, end_on_exit=False):
+                        msg = await anext(messages, None)  # no StopAsyncIteration to record
+                    if msg is None:
                         break
-                    finally:
-                        otel_context.detach(token)
                     yield msg
             except errors.AftershockError as err:
                 code = err.code.name
@@ -116,11 +111,8 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
             finally:
                 # Closed now, not whenever the collector gets to it: the handler's own cleanup
                 # (cancelling its call to the next hop) is due when the stream ends.
-                token = otel_context.attach(current)
-                try:
+                with trace.use_span(span, end_on_exit=False):
                     await messages.aclose()
-                finally:
-                    otel_context.detach(token)
                 metrics.in_flight.dec()
                 self.active -= 1
                 self._count(request, model, code, start, span, bool(getattr(request, "stream", False)))

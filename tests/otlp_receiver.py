@@ -61,6 +61,10 @@ class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
                         )
         return trace_service_pb2.ExportTraceServiceResponse()
 
+    def all(self) -> list[ReceivedSpan]:
+        with self._lock:
+            return list(self.spans)
+
     def of_trace(self, trace_id: str) -> list[ReceivedSpan]:
         with self._lock:
             return [s for s in self.spans if s.trace_id == trace_id]

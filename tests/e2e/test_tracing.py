@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import secrets
+import time
 from collections.abc import Iterator
 
+import grpc
 import httpx
 import pytest
 from aftershock.stack import Stack
+from aftershock.v1 import backend_pb2_grpc
+from aftershock.v1 import generation_pb2 as pb
 
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan, start_receiver
 from tests.polling import wait_for
@@ -83,16 +88,15 @@ def test_one_trace_across_all_three_services(traced: tuple[Stack, OtlpReceiver])
 
     edge_server = by_id[edge_span_id]
     assert edge_server.service == "aftershock-edge" and edge_server.kind == SERVER
-    edge_client = one("aftershock-edge", "aftershock.v1.Backend/Generate", CLIENT)
     backend_server = one("aftershock-backend", "aftershock.v1.Backend/Generate", SERVER)
     backend_client = one("aftershock-backend", "aftershock.v1.Inference/Generate", CLIENT)
     inference_server = one("aftershock-inference", "aftershock.v1.Inference/Generate", SERVER)
-    assert edge_client.parent_id == edge_server.span_id
-    assert backend_server.parent_id == edge_client.span_id
+    # The edge's one call to the backend is covered by its SERVER span (no CLIENT span of its own).
+    assert backend_server.parent_id == edge_server.span_id
     assert backend_client.parent_id == backend_server.span_id
     assert inference_server.parent_id == backend_client.span_id
     # The engine's phases: attributes and timestamped events on the inference hop's span, in order
-    # and inside it; no span per phase, per token or per SSE chunk (one per hop: five in all).
+    # and inside it; no span per phase, per token or per SSE chunk (four in all).
     attrs = inference_server.attributes
     queue, ttft, e2e = (attrs[f"gen_ai.latency.{a}"] for a in ("time_in_queue", "time_to_first_token", "e2e"))
     assert 0 <= queue <= ttft <= e2e < 10
@@ -101,7 +105,7 @@ def test_one_trace_across_all_three_services(traced: tuple[Stack, OtlpReceiver])
     ev = inference_server.event_ns
     span = inference_server
     assert span.start_ns <= ev["engine.scheduled"] <= ev["engine.first_token"] <= span.end_ns
-    assert len(spans) == 5, [(s.service, s.name) for s in spans]
+    assert len(spans) == 4, [(s.service, s.name) for s in spans]
 
     # GenAI semantic-convention attributes at the edge and in the engine's hop.
     for span in (edge_server, inference_server):
@@ -127,9 +131,10 @@ def test_a_non_streamed_request_is_one_unary_call_per_hop(traced: tuple[Stack, O
         receiver, trace_id, {"aftershock-edge", "aftershock-backend", "aftershock-inference"}
     )
     names = [(s.service, s.name, s.kind) for s in spans]
-    # One span per hop and side, named for the unary Complete call; no Generate stream anywhere.
+    # A span per side of each gRPC hop but the edge's (its SERVER span covers its one call), named
+    # for the unary Complete call; no Generate stream anywhere.
     hops = [
-        ("aftershock-edge", "aftershock.v1.Backend/Complete", CLIENT),
+        ("aftershock-edge", "POST /v1/completions", SERVER),
         ("aftershock-backend", "aftershock.v1.Backend/Complete", SERVER),
         ("aftershock-backend", "aftershock.v1.Inference/Complete", CLIENT),
         ("aftershock-inference", "aftershock.v1.Inference/Complete", SERVER),
@@ -144,7 +149,7 @@ def test_a_non_streamed_request_is_one_unary_call_per_hop(traced: tuple[Stack, O
     assert inference.attributes["gen_ai.usage.output_tokens"] == 4
     assert inference.attributes["gen_ai.operation.name"] == "text_completion"
     assert inference.events == ["engine.scheduled", "engine.first_token"]
-    assert len(spans) == 5, names
+    assert len(spans) == 4, names
 
 
 def test_a_keyed_request_traces_its_two_redis_calls(traced: tuple[Stack, OtlpReceiver]) -> None:
@@ -226,3 +231,27 @@ def test_a_stream_handler_error_is_recorded_on_its_server_span(traced: tuple[Sta
     for span in wait_for(refused, 15, f"trace {trace_id}'s server spans", every_s=0.1):
         assert span.attributes["rpc.grpc.status_code"] == 3, span  # INVALID_ARGUMENT
         assert "exception" in span.events, (span.service, span.events)
+    (edge,) = wait_for(
+        lambda: [s for s in receiver.of_trace(trace_id) if s.service == "aftershock-edge"], 15, "edge span"
+    )
+    assert edge.attributes["aftershock.grpc_status"] == "INVALID_ARGUMENT", edge.attributes
+
+
+def test_control_plane_calls_start_no_traces(traced: tuple[Stack, OtlpReceiver]) -> None:
+    # The backend polls each replica's load every 0.25 s and lists its models, and the edge's
+    # /readyz asks the backend for its models: none of these may start a trace of its own. A call
+    # that carries a sampled trace is traced within it.
+    stack, receiver = traced
+    with httpx.Client(timeout=10) as client:
+        for _ in range(3):
+            assert client.get(f"{stack.edge_url}/readyz").status_code == 200
+    trace_id = secrets.token_hex(16)
+    metadata = (("traceparent", f"00-{trace_id}-{secrets.token_hex(8)}-01"),)
+    with grpc.insecure_channel(stack.backend_target) as channel:
+        backend_pb2_grpc.BackendStub(channel).ListModels(pb.ListModelsRequest(), metadata=metadata, timeout=5)
+    # The backend exports in the order its spans end: the probes' spans would have come first.
+    (listed,) = wait_for(lambda: receiver.of_trace(trace_id), 15, f"trace {trace_id}", every_s=0.1)
+    assert listed.name == "aftershock.v1.Backend/ListModels" and listed.kind == SERVER
+    time.sleep(0.5)  # two more load polls per replica
+    polls = [s for s in receiver.all() if s.name.endswith(("/GetLoad", "/ListModels")) and not s.parent_id]
+    assert not polls, [(s.service, s.name) for s in polls[:5]]

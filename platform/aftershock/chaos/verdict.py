@@ -47,9 +47,7 @@ def steady(drill: Drill, records: Sequence[Record]) -> list[Record]:
     ended and the system's settle window passed."""
     settled = drill.fault_end_s + drill.settle_s
     return [
-        r
-        for r in records
-        if not _overlaps_fault(drill, r) and not drill.fault_end_s <= r.started < settled
+        r for r in records if not _overlaps_fault(drill, r) and not drill.fault_end_s <= r.started < settled
     ]
 
 

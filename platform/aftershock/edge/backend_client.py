@@ -8,6 +8,7 @@ import time
 import grpc
 
 from aftershock.rpc.client import insecure_channel
+from aftershock.rpc.tracing import outgoing_metadata
 from aftershock.v1 import backend_pb2_grpc
 from aftershock.v1 import generation_pb2 as pb
 
@@ -32,7 +33,9 @@ class BackendClient:
     async def list_models(self, within_s: float, *, fresh: bool = False) -> list[pb.ModelInfo]:
         now = time.monotonic()
         if fresh or now - self._fetched_at > self._cache_s:
-            resp = await self.stub.ListModels(pb.ListModelsRequest(), timeout=within_s)
+            # A user's GET /v1/models is traced through; a probe (no span at the edge) is not.
+            metadata = outgoing_metadata()
+            resp = await self.stub.ListModels(pb.ListModelsRequest(), timeout=within_s, metadata=metadata)
             self._models = list(resp.models)
             self.known_models = frozenset(m.name for m in self._models)
             self._fetched_at = now

@@ -11,7 +11,6 @@ from opentelemetry.trace import Span
 
 from aftershock.edge.schema import ChatCompletionRequest, CompletionRequest
 from aftershock.metrics import UNKNOWN_MODEL, EdgeMetrics
-from aftershock.rpc.tracing import end_span
 from aftershock.tracing import (
     GEN_AI_FINISH_REASONS,
     GEN_AI_INPUT_TOKENS,
@@ -39,7 +38,6 @@ class Exchange:
     span: Span
     model: str = UNKNOWN_MODEL  # the metrics label: a known model name or UNKNOWN_MODEL
     stream: bool = False
-    client_span: Span | None = None
     rate_headers: Mapping[str, str] = field(default_factory=dict)
     attempts: int = 0
     # The model that served when a fallback chain chose another than the one asked for.
@@ -102,9 +100,10 @@ class Exchange:
 
     def finish(self, metrics: EdgeMetrics, code: str, status: int) -> None:
         """Counts the request once it has ended (for a stream: after its last event)."""
-        if self.client_span is not None:
-            end_span(self.client_span, code)
-            self.client_span = None
+        if code not in ("OK", "CANCELLED") and self.span.is_recording():
+            # The outcome as a gRPC status name (the backend's, or the edge's own refusal): the call
+            # to the backend has no CLIENT span of its own to carry it (completions.py).
+            self.span.set_attribute("aftershock.grpc_status", code)
         elapsed = time.perf_counter() - self.started
         metrics.requests_total.labels("edge", self.model, code).inc()
         metrics.request_duration_seconds.labels(

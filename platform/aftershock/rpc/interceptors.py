@@ -19,6 +19,10 @@ from aftershock.tracing import trace_id_of
 
 log = logging.getLogger(__name__)
 
+# Control-plane calls: the backend's load polls (several a second per replica) and readiness probes.
+# They get a span only as part of a sampled trace (a user's GET /v1/models), never a trace of their own.
+_TRACED_ONLY_IN_A_TRACE = frozenset({"GetLoad", "ListModels"})
+
 
 async def abort_with(context: grpc.aio.ServicerContext[Any, Any], err: errors.AftershockError) -> None:
     await context.abort(err.code, err.message, err.trailing_metadata())
@@ -123,11 +127,12 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
     def _wrap_unary(self, behavior: Any, method: str) -> Callable[..., Awaitable[Any]]:
         # Complete is a non-streamed Generate as one unary call: counted (RED, in-flight, drain) alike.
         counted = method.endswith("/Complete")
+        root = method.rpartition("/")[2] not in _TRACED_ONLY_IN_A_TRACE
         metrics = self._metrics
 
         async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             start = time.perf_counter()
-            span = start_server_span(method, context.invocation_metadata())
+            span = start_server_span(method, context.invocation_metadata(), root=root)
             code = "OK"
             if counted:
                 metrics.in_flight.inc()

@@ -1,5 +1,5 @@
-"""W3C trace context over gRPC metadata, with one SERVER span per handled call and one CLIENT span
-per outgoing call.
+"""W3C trace context over gRPC metadata, with one SERVER span per handled call and a CLIENT span per
+outgoing call where the caller's own span does not already stand for it.
 
 Why not opentelemetry-instrumentation-grpc: its aio server interceptor fails on handlers that
 write through the context instead of yielding (grpc.health.v1 Watch), and its wrappers (plus
@@ -31,11 +31,18 @@ def extract(metadata: Iterable[tuple[str, str | bytes]] | None) -> Context:
     return propagate.extract(carrier)
 
 
-def start_server_span(method: str, metadata: Iterable[tuple[str, str | bytes]] | None) -> Span:
+def start_server_span(
+    method: str, metadata: Iterable[tuple[str, str | bytes]] | None, *, root: bool = True
+) -> Span:
+    """`root=False`: a call that arrives without a sampled trace gets no span of its own (a poll or a
+    probe would otherwise start a trace of one span every time it runs)."""
     service, name = _split(method)
+    context = extract(metadata)
+    if not root and not trace.get_current_span(context).get_span_context().trace_flags.sampled:
+        return trace.INVALID_SPAN
     return _tracer.start_span(
         method.lstrip("/"),
-        context=extract(metadata),
+        context=context,
         kind=SpanKind.SERVER,
         attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
     )
@@ -59,6 +66,13 @@ def start_client_span(method: str, target: str) -> tuple[Span, tuple[tuple[str, 
     carrier: dict[str, str] = {}
     propagate.inject(carrier, context=trace.set_span_in_context(span))
     return span, tuple(carrier.items())
+
+
+def outgoing_metadata() -> tuple[tuple[str, str], ...]:
+    """The current span's context as metadata, for a call the current span already stands for."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return tuple(carrier.items())
 
 
 def end_span(span: Span, code: grpc.StatusCode | str, message: str = "") -> None:

@@ -173,6 +173,30 @@ def test_a_keyed_request_traces_its_two_redis_calls(traced: tuple[Stack, OtlpRec
     assert "dedupe" in backend.events
 
 
+def test_a_keyed_stream_traces_its_claim_and_result_not_each_publish(
+    traced: tuple[Stack, OtlpReceiver],
+) -> None:
+    # 24 tokens 20 ms apart: the owner publishes what it relayed for joiners every 50 ms, about
+    # ten batches, in the background. Those are not the request's own work and are not spans.
+    stack, receiver = traced
+    body = {"model": "sim-slow", "prompt": "keyed stream", "max_tokens": 24, "stream": True}
+    url = f"{stack.edge_url}/v1/completions"
+    with httpx.Client(timeout=10) as client:
+        # Warm: redis-py loads each script on its first use (a NOSCRIPT reply, SCRIPT LOAD, again).
+        warm = client.post(url, json=body, headers={"idempotency-key": "tr-stream-warm"})
+        assert warm.status_code == 200
+        resp = client.post(url, json=body, headers={"idempotency-key": "tr-stream"})
+    assert resp.status_code == 200 and resp.text.endswith("data: [DONE]\n\n")
+    trace_id = resp.headers["traceparent"].split("-")[1]
+    spans = _wait_for_trace(
+        receiver, trace_id, {"aftershock-edge", "aftershock-backend", "aftershock-inference"}
+    )
+    time.sleep(0.3)  # a publish ending after the finish would be exported after it
+    calls = [s for s in receiver.of_trace(trace_id) if s.attributes.get("db.system") == "redis"]
+    assert len(calls) == 2, [(s.name, s.attributes.get("db.statement")) for s in calls]
+    assert len(spans) >= 4
+
+
 def test_prompt_text_is_not_recorded(traced: tuple[Stack, OtlpReceiver]) -> None:
     stack, receiver = traced
     secret = "the-secret-prompt-text-42"

@@ -56,6 +56,7 @@ def build(
         http="httptools",
         access_log=False,
         log_config=None,
+        timeout_keep_alive=settings.keep_alive_s,  # uvicorn's default is 5 s
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
         lifespan="on",  # starts and stops the rate limiter's Redis client
     )

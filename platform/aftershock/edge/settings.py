@@ -53,6 +53,11 @@ class EdgeSettings(BaseSettings):
     ratelimit_circuit_open_s: float = Field(5.0, gt=0)
 
     shutdown_grace_s: float = Field(30.0, ge=0)
+    # How long an idle keep-alive connection stays open. Longer than clients keep idle connections
+    # pooled (httpx and the openai SDK: 5 s) and than load balancers' idle timeouts (often 60 s),
+    # so the client side always closes first: a server that closes first races a client reusing
+    # the connection at that moment, and that request fails before it is sent.
+    keep_alive_s: int = Field(75, gt=0)
     log_level: str = "INFO"
     log_content: bool = False
 

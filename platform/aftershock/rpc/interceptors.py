@@ -10,7 +10,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Container
 from typing import Any
 
 import grpc
+from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.trace import Span, Status, StatusCode
 
 from aftershock import errors
 from aftershock.metrics import UNKNOWN_MODEL, HopMetrics
@@ -86,15 +88,24 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
             metrics.in_flight.inc()
             self.active += 1
             span = start_server_span(method, context.invocation_metadata())
+            current = trace.set_span_in_context(span)  # built once, attached for each step
             messages = behavior(request, context)
             try:
                 while True:
                     # The span is current while the handler runs, never across a yield: a stream
                     # its caller abandons leaves this generator suspended at the yield, and the
                     # event loop's finalizer closes it later from another context, where a context
-                    # attached here cannot be detached ("Failed to detach context").
-                    with trace.use_span(span, end_on_exit=False):
+                    # attached here cannot be detached ("Failed to detach context"). By hand, not
+                    # trace.use_span: that costs ~2 µs more per message (a generator-based context
+                    # manager and a new context each time); what it adds is recorded below.
+                    token = otel_context.attach(current)
+                    try:
                         msg = await anext(messages, None)  # no StopAsyncIteration to record
+                    except Exception as exc:
+                        _record_exception(span, exc)
+                        raise
+                    finally:
+                        otel_context.detach(token)
                     if msg is None:
                         break
                     yield msg
@@ -162,6 +173,13 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
                 end_span(span, code)
 
         return wrapper
+
+
+def _record_exception(span: Span, exc: Exception) -> None:
+    """What trace.use_span records when its block raises: the exception as an event, ERROR status."""
+    if span.is_recording():
+        span.record_exception(exc)
+        span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
 
 
 def _code_name(context: grpc.aio.ServicerContext[Any, Any]) -> str:

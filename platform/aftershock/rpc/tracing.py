@@ -63,15 +63,14 @@ def start_client_span(method: str, target: str) -> tuple[Span, tuple[tuple[str, 
             "server.port": int(port) if port.isdigit() else 0,
         },
     )
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier, context=trace.set_span_in_context(span))
-    return span, tuple(carrier.items())
+    return span, outgoing_metadata(trace.set_span_in_context(span))
 
 
-def outgoing_metadata() -> tuple[tuple[str, str], ...]:
-    """The current span's context as metadata, for a call the current span already stands for."""
+def outgoing_metadata(context: Context | None = None) -> tuple[tuple[str, str], ...]:
+    """`context` (by default the current one, for a call the current span already stands for) as
+    gRPC metadata."""
     carrier: dict[str, str] = {}
-    propagate.inject(carrier)
+    propagate.inject(carrier, context=context)
     return tuple(carrier.items())
 
 

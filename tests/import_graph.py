@@ -28,7 +28,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     (
         "telemetry",
         frozenset({"aftershock.metrics", "aftershock.metrics_http", "aftershock.tracing", "aftershock.logs"})
-        | frozenset({"aftershock.sentry"}),
+        | frozenset({"aftershock.sentry", "aftershock.span_encoding"}),
     ),
     (
         "shared plumbing",

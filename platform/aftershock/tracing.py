@@ -69,7 +69,8 @@ def configure_tracing(service: str) -> None:
 
 
 def _exporter() -> SpanExporter:
-    """OTLP over gRPC by default, or http/protobuf when OTEL_EXPORTER_OTLP(_TRACES)_PROTOCOL says so."""
+    """OTLP over gRPC by default, encoding spans in place (span_encoding.py), or http/protobuf when
+    OTEL_EXPORTER_OTLP(_TRACES)_PROTOCOL says so (the library's encoder: that exporter has no seam)."""
     protocol = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or os.environ.get(
         "OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"
     )
@@ -77,9 +78,9 @@ def _exporter() -> SpanExporter:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
 
         return HttpExporter()
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+    from aftershock.span_encoding import InPlaceOTLPSpanExporter
 
-    return GrpcExporter()
+    return InPlaceOTLPSpanExporter()
 
 
 def trace_id_of(span: Span) -> str | None:

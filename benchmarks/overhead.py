@@ -1,12 +1,14 @@
 """What the edge → backend → inference path costs, measured against the inference service alone.
 
     .venv/bin/python benchmarks/overhead.py [--rounds 3] [--quick] [--configs base,telemetry-off]
-        [--allow-errors]
+        [--allow-errors] [--rated-rps 300]
 
 Starts real processes on free ports (aftershock.stack), runs every scenario of BENCHMARKS.md for
 each configuration, interleaving configurations round by round, prints median [min-max] per
 figure and writes the raw numbers as JSON. CPU comes from /proc/<pid>/stat (all threads) over
-each measured window, redis-server's included when dedupe is on; warm-up is excluded.
+each measured window, redis-server's included when dedupe is on; warm-up is excluded. The on-minus-off
+deltas are printed for every figure; those of `rated_nonstream_full` compare configurations at one
+offered rate (--rated-rps), where saturated figures compare them at different rates.
 
 A failed request stops the run, unless --allow-errors: then CPU is still divided by every request
 sent and each figure is printed beside its scenario's error count. "Added latency" compares
@@ -36,6 +38,10 @@ from load import GrpcTarget, HttpTarget, Run, closed_loop, open_loop, percentile
 from procstat import CpuWindow, rss_bytes  # noqa: E402
 
 Figures = dict[str, float]
+OPEN_RPS = 50.0  # BENCHMARKS.md's fixed Poisson rate for added latency and TTFT
+# The deltas' common rate: ~75% of the slowest configuration's saturated full path here (telemetry
+# on, ~400 req/s), so every configuration keeps up and none idles between wake-ups.
+RATED_RPS = 300.0
 
 
 class BenchError(RuntimeError):
@@ -68,7 +74,7 @@ def _lat(run: Run, prefix: str) -> Figures:
     }
 
 
-async def _scenarios(stack: Stack, scale: float, open_s: float) -> Figures:
+async def _scenarios(stack: Stack, scale: float, open_s: float, rated_rps: float) -> Figures:
     assert stack.edge and stack.backend
     inf = stack.inference[0]
     pids = {"edge": stack.edge.popen.pid, "backend": stack.backend.popen.pid, "inference": inf.popen.pid}
@@ -101,6 +107,31 @@ async def _scenarios(stack: Stack, scale: float, open_s: float) -> Figures:
         out.update(_lat(run, name))
         return run
 
+    async def paced_at(name: str, make: Callable[[], Any], rate: float) -> None:
+        """Poisson arrivals at `rate` for open_s: latency from each scheduled arrival, and CPU per
+        request and per token at that rate."""
+        target = make()
+        try:
+            await open_loop(target.send, rate, min(2.0, open_s / 2))  # warm-up
+            cpu = CpuWindow(pids)
+            cpu.start()
+            run = await open_loop(target.send, rate, open_s)
+            spent = cpu.stop()
+        finally:
+            await target.close()
+        _check(name, run)
+        out.update(_lat(run, name))
+        if out[f"{name}.rps"] < 0.9 * rate:
+            # Then this configuration was saturated, and its figure is not at the common rate.
+            print(
+                f"warning: {name} kept up with {out[f'{name}.rps']:.0f} of {rate:.0f} req/s", file=sys.stderr
+            )
+        out[f"{name}.offered_rps"] = rate
+        tokens = sum(r.tokens for r in run.results) or 1
+        for proc, seconds in spent.items():
+            out[f"{name}.cpu_ms_per_req.{proc}"] = seconds * 1000 / max(1, len(run.results))
+            out[f"{name}.cpu_us_per_token.{proc}"] = seconds * 1e6 / tokens
+
     # 1 / 4. Non-stream, max_tokens=16, 32 closed-loop clients: direct versus the full path.
     await measured("nonstream_direct", lambda: GrpcTarget(direct, "bench-zero", 16, False), 32, n_req)
     await measured(
@@ -122,25 +153,15 @@ async def _scenarios(stack: Stack, scale: float, open_s: float) -> Figures:
         ("open_stream_backend", lambda: GrpcTarget(backend, "bench-zero", 16, True, backend=True)),
         ("open_stream_full", lambda: HttpTarget(stack.edge_url, "bench-zero", 16, True, 128)),
     ):
-        target = make()
-        try:
-            await open_loop(target.send, 50, min(2.0, open_s / 2))  # warm-up
-            cpu = CpuWindow(pids)
-            cpu.start()
-            run = await open_loop(target.send, 50, open_s)
-            spent = cpu.stop()
-            _check(name, run)
-            out.update(_lat(run, name))
-            # CPU per request at one offered rate for every configuration. Saturated closed loops
-            # reach different rates per configuration (telemetry off: ~650 req/s, on: ~390), and
-            # CPU per request falls as the rate rises (more work per event-loop wake-up), so their
-            # on-minus-off difference holds more than telemetry's own cost.
-            tokens = sum(r.tokens for r in run.results) or 1
-            for proc, seconds in spent.items():
-                out[f"{name}.cpu_ms_per_req.{proc}"] = seconds * 1000 / max(1, len(run.results))
-                out[f"{name}.cpu_us_per_token.{proc}"] = seconds * 1e6 / tokens
-        finally:
-            await target.close()
+        await paced_at(name, make, OPEN_RPS)
+    # 5. The deltas at one offered rate. Saturated closed loops reach different rates per
+    # configuration (telemetry off: ~700 req/s, on: ~400) and CPU per request falls as the rate
+    # rises (more work per event-loop wake-up), so a saturated on-minus-off difference holds a
+    # throughput effect besides telemetry's own cost. Every configuration is offered the same
+    # rate here, high enough that wake-ups do not dominate (as they do at 50 req/s).
+    await paced_at(
+        "rated_nonstream_full", lambda: HttpTarget(stack.edge_url, "bench-zero", 16, False, 128), rated_rps
+    )
     # 6. Peak RSS over the whole run (VmHWM: the high-water mark).
     for proc, pid in pids.items():
         if proc == "redis":
@@ -185,6 +206,11 @@ def _derive(f: Figures) -> Figures:
         f["open_stream_backend.ttft_p50_ms"] - f["open_stream_direct.ttft_p50_ms"]
     )
     d["stream_tokens_per_s_ratio"] = f["stream_full.tokens_per_s"] / f["stream_direct.tokens_per_s"]
+    for scen in ("nonstream_full", "rated_nonstream_full"):
+        # What a request costs all three services (and redis-server, when dedupe is on).
+        d[f"{scen}.cpu_ms_per_req.all"] = sum(
+            f.get(f"{scen}.cpu_ms_per_req.{proc}", 0.0) for proc in ("edge", "backend", "inference", "redis")
+        )
     for scen in ("nonstream_full", "stream_full", "paced_full"):
         unit = "cpu_ms_per_req" if scen == "nonstream_full" else "cpu_us_per_token"
         d[f"{scen}.{unit}.edge+backend"] = f[f"{scen}.{unit}.edge"] + f[f"{scen}.{unit}.backend"]
@@ -226,6 +252,12 @@ def main() -> int:
     parser.add_argument(
         "--configs", default=",".join(CONFIGS), help=f"comma list of {sorted(CONFIGS)} (base: telemetry-on)"
     )
+    parser.add_argument(
+        "--rated-rps",
+        type=float,
+        default=RATED_RPS,
+        help="the one rate every configuration is offered for the deltas (rated_nonstream_full)",
+    )
     parser.add_argument("--out", type=Path, default=Path("reports/bench"))
     parser.add_argument(
         "--allow-errors",
@@ -262,7 +294,7 @@ def main() -> int:
             with Stack(config) as stack:
                 stack.start()
                 try:
-                    figures = asyncio.run(_scenarios(stack, scale, open_s))
+                    figures = asyncio.run(_scenarios(stack, scale, open_s, args.rated_rps))
                 except BenchError as exc:
                     receiver.stop()
                     print(f"benchmark stopped, {name} round {rnd + 1}: {exc}", file=sys.stderr)

@@ -21,7 +21,7 @@ from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 from opentelemetry.exporter.otlp.proto.common._internal import _encode_attributes as library_encode_attributes
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, SpanFlags
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
@@ -169,8 +169,32 @@ def _encode_attributes(out: RepeatedKeyValues, attributes: Attributes) -> None:
             add(key=key).value.double_value = value
         elif value.__class__ is int and _INT64_MIN <= value <= _INT64_MAX:
             add(key=key).value.int_value = value
+        elif value.__class__ is tuple and all(_is_plain(v) for v in value):
+            # The SDK stores every sequence attribute as a tuple (finish_reasons is one).
+            array = add(key=key).value.array_value
+            array.SetInParent()
+            for item in value:
+                _set_plain(array.values.add(), item)
         else:
             _encode_other(out, key, value)
+
+
+def _is_plain(value: object) -> bool:
+    if value.__class__ is int:
+        return _INT64_MIN <= value <= _INT64_MAX
+    return value is None or value.__class__ in (str, bool, float)
+
+
+def _set_plain(out: AnyValue, value: object) -> None:
+    """One value `_is_plain` accepted; None stays an empty AnyValue, as the library leaves it."""
+    if value.__class__ is str:
+        out.string_value = value
+    elif value.__class__ is bool:
+        out.bool_value = value
+    elif value.__class__ is float:
+        out.double_value = value
+    elif value.__class__ is int:
+        out.int_value = value
 
 
 def _encode_other(out: RepeatedKeyValues, key: str, value: object) -> None:

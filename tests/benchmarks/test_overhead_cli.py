@@ -54,3 +54,9 @@ def test_quick_run_of_the_base_configuration(tmp_path: Path) -> None:
     assert figures["stream_full.tokens_per_s"] / figures["stream_full.rps"] == pytest.approx(64)
     assert figures["nonstream_full.cpu_ms_per_req.edge"] > 0
     assert figures["stream_full.cpu_us_per_token.edge+backend"] > 0
+    # The deltas' common rate: offered as asked, kept up with, CPU summed over all three services.
+    assert figures["rated_nonstream_full.offered_rps"] == overhead.RATED_RPS
+    assert figures["rated_nonstream_full.rps"] > 0.8 * overhead.RATED_RPS
+    assert figures["rated_nonstream_full.cpu_ms_per_req.all"] == pytest.approx(
+        sum(figures[f"rated_nonstream_full.cpu_ms_per_req.{p}"] for p in ("edge", "backend", "inference"))
+    )

@@ -16,6 +16,7 @@ from aftershock.backend.replicas import Replica
 from aftershock.backend.retry import RetryConfig
 from aftershock.backend.stall import StallWatch
 from aftershock.metrics import BackendMetrics
+from aftershock.rpc.client import end_call
 from aftershock.rpc.status import error_from_rpc
 from aftershock.rpc.tracing import end_span, start_client_span
 from aftershock.v1 import generation_pb2 as pb
@@ -161,9 +162,6 @@ async def attempt(
         raise
     finally:
         replica.in_flight -= 1
-        if not complete or code != "OK":
-            # Cancelling a call whose last message came would tear down the replica's handler
-            # as it finishes normally (and log a spurious error there).
-            call.cancel()
+        end_call(call, complete=complete, code=code)
         metrics.upstream_requests_total.labels(replica.name, code).inc()
         end_span(span, code)

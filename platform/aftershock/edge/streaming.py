@@ -15,6 +15,7 @@ from aftershock.edge import errors as http_errors
 from aftershock.edge import responses, sse
 from aftershock.edge.exchange import Exchange
 from aftershock.metrics import EdgeMetrics
+from aftershock.rpc.client import end_call
 from aftershock.v1 import generation_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -116,9 +117,6 @@ async def _events(
         code = "CANCELLED"
         raise
     finally:
-        # Cancel only a call that has not ended: cancelling one whose last message came would
-        # tear down the backend's handler as it finishes normally (and log a spurious error there).
-        if not complete or code != "OK":
-            rpc.cancel()
+        end_call(rpc, complete=complete, code=code)
         release()
         exchange.finish(metrics, code, 200)

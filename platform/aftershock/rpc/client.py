@@ -30,3 +30,14 @@ def insecure_channel(
     return grpc.aio.insecure_channel(
         target, options=(*CHANNEL_OPTIONS, *options), interceptors=list(interceptors) or None
     )
+
+
+def end_call(call: grpc.aio.Call, *, complete: bool, code: str) -> None:
+    """Cancel a call this side stops reading, unless its last message came and it ended well.
+
+    Cancelling a call whose last message came would tear down the server's handler as it finishes
+    normally (and log a spurious error there); any other end (an error, the caller gone, a
+    timeout) must cancel it so the server stops work nobody will read.
+    """
+    if not complete or code != "OK":
+        call.cancel()

@@ -1,7 +1,7 @@
 """CPU per span and per attribute of OTLP span encoding: the exporter library's encoder against
 Aftershock's in-place one (platform/aftershock/span_encoding.py), in one process, interleaved.
 
-    PYTHONPATH=$PWD/platform .venv/bin/python benchmarks/span_encoding.py [--rounds 5] [--quick]
+    .venv/bin/python benchmarks/span_encoding.py [--rounds 5] [--quick]
 
 Spans are real SDK spans (SERVER kind, a parent, one event) with 0, 5, 10 and 20 string/int
 attributes, 512 to a batch as the batch processor sends them; each figure is encode plus serialize

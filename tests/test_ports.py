@@ -50,7 +50,12 @@ class _Scripted(random.Random):
 
 def test_a_port_in_use_or_handed_out_before_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
     given = free_port()
-    spares = [p for p in range(11_000, 12_000) if p != given and ports._bindable("127.0.0.1", p)][:2]
+    # Not handed out by an earlier test in this process either (free_port would skip it).
+    spares = [
+        p
+        for p in range(11_000, 12_000)
+        if p != given and p not in ports._handed_out and ports._bindable("127.0.0.1", p)
+    ][:2]
     monkeypatch.setattr(ports, "_rng", _Scripted([given, spares[0]]))
     assert free_port() == spares[0]
     with socket.socket() as listener:

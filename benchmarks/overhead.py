@@ -24,7 +24,7 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,51 +86,44 @@ async def _scenarios(stack: Stack, scale: float, open_s: float, rated_rps: float
     n_req = int(2000 * scale)
     n_streams = int(640 * scale)
 
-    async def measured(name: str, make: Callable[[], Any], concurrency: int, total: int) -> Run:
+    async def windowed(name: str, make: Callable[[], Any], load: Callable[[Any], Awaitable[Run]]) -> Run:
+        """`load(send)` twice on one target, the first as warm-up; CPU per request and per token
+        over the second, failed requests included (they cost CPU too), tokens as streams counted them."""
         target = make()
         try:
-            await closed_loop(target.send, concurrency, max(64, total // 10))  # warm-up
+            await load(target.send)  # warm-up (a tenth of the run, at most 2 s)
             cpu = CpuWindow(pids)
             cpu.start()
-            run = await closed_loop(target.send, concurrency, total)
+            run = await load(target.send)
             spent = cpu.stop()
         finally:
             await target.close()
         _check(name, run)
-        # Failed requests cost CPU too: divide by everything sent, tokens as the stream counted them.
         tokens = sum(r.tokens for r in run.results) or 1
-        messages = sum(r.messages for r in run.results) or 1
         for proc, seconds in spent.items():
             out[f"{name}.cpu_ms_per_req.{proc}"] = seconds * 1000 / max(1, len(run.results))
             out[f"{name}.cpu_us_per_token.{proc}"] = seconds * 1e6 / tokens
-        out[f"{name}.tokens_per_message"] = tokens / messages
         out.update(_lat(run, name))
+        return run
+
+    async def measured(name: str, make: Callable[[], Any], concurrency: int, total: int) -> Run:
+        sizes = iter((max(64, total // 10), total))
+        run = await windowed(name, make, lambda send: closed_loop(send, concurrency, next(sizes)))
+        tokens = sum(r.tokens for r in run.results) or 1
+        out[f"{name}.tokens_per_message"] = tokens / (sum(r.messages for r in run.results) or 1)
         return run
 
     async def paced_at(name: str, make: Callable[[], Any], rate: float) -> None:
         """Poisson arrivals at `rate` for open_s: latency from each scheduled arrival, and CPU per
         request and per token at that rate."""
-        target = make()
-        try:
-            await open_loop(target.send, rate, min(2.0, open_s / 2))  # warm-up
-            cpu = CpuWindow(pids)
-            cpu.start()
-            run = await open_loop(target.send, rate, open_s)
-            spent = cpu.stop()
-        finally:
-            await target.close()
-        _check(name, run)
-        out.update(_lat(run, name))
+        spans = iter((min(2.0, open_s / 2), open_s))
+        await windowed(name, make, lambda send: open_loop(send, rate, next(spans)))
         if out[f"{name}.rps"] < 0.9 * rate:
             # Then this configuration was saturated, and its figure is not at the common rate.
             print(
                 f"warning: {name} kept up with {out[f'{name}.rps']:.0f} of {rate:.0f} req/s", file=sys.stderr
             )
         out[f"{name}.offered_rps"] = rate
-        tokens = sum(r.tokens for r in run.results) or 1
-        for proc, seconds in spent.items():
-            out[f"{name}.cpu_ms_per_req.{proc}"] = seconds * 1000 / max(1, len(run.results))
-            out[f"{name}.cpu_us_per_token.{proc}"] = seconds * 1e6 / tokens
 
     # 1 / 4. Non-stream, max_tokens=16, 32 closed-loop clients: direct versus the full path.
     await measured("nonstream_direct", lambda: GrpcTarget(direct, "bench-zero", 16, False), 32, n_req)

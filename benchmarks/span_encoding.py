@@ -21,7 +21,8 @@ from aftershock.span_encoding import encode
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
 Encoder = Callable[[Sequence[ReadableSpan]], ExportTraceServiceRequest]
@@ -29,17 +30,8 @@ ENCODERS: dict[str, Encoder] = {"library": encode_spans, "in_place": encode}
 ATTRIBUTE_COUNTS = (0, 5, 10, 20)
 
 
-class _Keep(SpanExporter):
-    def __init__(self) -> None:
-        self.spans: list[ReadableSpan] = []
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        self.spans.extend(spans)
-        return SpanExportResult.SUCCESS
-
-
 def make_spans(attributes: int, count: int) -> list[ReadableSpan]:
-    kept = _Keep()
+    kept = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(kept))
     tracer = provider.get_tracer("bench")
@@ -49,7 +41,7 @@ def make_spans(attributes: int, count: int) -> list[ReadableSpan]:
             with tracer.start_as_current_span("POST /v1/chat/completions", kind=SpanKind.SERVER) as span:
                 span.set_attributes(values)
                 span.add_event("engine.first_token")
-    return [s for s in kept.spans if s.name != "parent"]
+    return [s for s in kept.get_finished_spans() if s.name != "parent"]
 
 
 def us_per_span(encoder: Encoder, spans: Sequence[ReadableSpan], repeats: int) -> float:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Sequence
 
 import pytest
 from aftershock.span_encoding import InPlaceOTLPSpanExporter, encode
@@ -15,23 +14,17 @@ from opentelemetry.exporter.otlp.proto.grpc.exporter import OTLPExporterMixin
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
 
 from tests.otlp_receiver import start_receiver
 
 
-class _Keep(SpanExporter):
-    def __init__(self) -> None:
-        self.spans: list[ReadableSpan] = []
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        self.spans.extend(spans)
-        return SpanExportResult.SUCCESS
-
-
-def _provider(resource: Resource, kept: _Keep, limits: SpanLimits | None = None) -> TracerProvider:
+def _provider(
+    resource: Resource, kept: InMemorySpanExporter, limits: SpanLimits | None = None
+) -> TracerProvider:
     provider = TracerProvider(resource=resource, span_limits=limits)
     provider.add_span_processor(SimpleSpanProcessor(kept))
     return provider
@@ -65,7 +58,7 @@ _ATTRIBUTES = {
 
 
 def _spans() -> list[ReadableSpan]:
-    kept = _Keep()
+    kept = InMemorySpanExporter()
     first = _provider(Resource.create({"service.name": "one", "n": 1}), kept)
     second = _provider(
         Resource({"service.name": "two"}, schema_url="https://opentelemetry.io/schemas/1.21.0"),
@@ -98,7 +91,7 @@ def _spans() -> list[ReadableSpan]:
                 span.add_event("unicode", {"é": "ü"})
             span = tracer.start_span("never-ended-link", links=[Link(root.get_span_context())])
             span.end(end_time=span.start_time)  # type: ignore[attr-defined]
-    return kept.spans
+    return list(kept.get_finished_spans())
 
 
 def test_same_message_and_bytes_as_the_library_encoder(caplog: pytest.LogCaptureFixture) -> None:

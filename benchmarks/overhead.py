@@ -34,10 +34,11 @@ sys.path.insert(0, str(HERE))
 
 from aftershock.stack import Stack, StackConfig  # noqa: E402
 from discard_receiver import DiscardReceiver  # noqa: E402
-from load import GrpcTarget, HttpTarget, Run, closed_loop, open_loop, percentile  # noqa: E402
+from load import GrpcTarget, HttpTarget, Run, Send, closed_loop, open_loop, percentile  # noqa: E402
 from procstat import CpuWindow, rss_bytes  # noqa: E402
 
 Figures = dict[str, float]
+Load = Callable[[Send], Awaitable[Run]]  # a closed or open loop over one target's send
 OPEN_RPS = 50.0  # BENCHMARKS.md's fixed Poisson rate for added latency and TTFT
 # The deltas' common rate: ~75% of the slowest configuration's saturated full path here (telemetry
 # on, ~400 req/s), so every configuration keeps up and none idles between wake-ups.
@@ -86,12 +87,12 @@ async def _scenarios(stack: Stack, scale: float, open_s: float, rated_rps: float
     n_req = int(2000 * scale)
     n_streams = int(640 * scale)
 
-    async def windowed(name: str, make: Callable[[], Any], load: Callable[[Any], Awaitable[Run]]) -> Run:
-        """`load(send)` twice on one target, the first as warm-up; CPU per request and per token
-        over the second, failed requests included (they cost CPU too), tokens as streams counted them."""
+    async def windowed(name: str, make: Callable[[], Any], warm: Load, load: Load) -> Run:
+        """`warm` then `load` on one target; CPU per request and per token over `load` only, failed
+        requests included (they cost CPU too), tokens as the streams counted them."""
         target = make()
         try:
-            await load(target.send)  # warm-up (a tenth of the run, at most 2 s)
+            await warm(target.send)
             cpu = CpuWindow(pids)
             cpu.start()
             run = await load(target.send)
@@ -103,21 +104,28 @@ async def _scenarios(stack: Stack, scale: float, open_s: float, rated_rps: float
         for proc, seconds in spent.items():
             out[f"{name}.cpu_ms_per_req.{proc}"] = seconds * 1000 / max(1, len(run.results))
             out[f"{name}.cpu_us_per_token.{proc}"] = seconds * 1e6 / tokens
+        out[f"{name}.tokens_per_message"] = tokens / (sum(r.messages for r in run.results) or 1)
         out.update(_lat(run, name))
         return run
 
     async def measured(name: str, make: Callable[[], Any], concurrency: int, total: int) -> Run:
-        sizes = iter((max(64, total // 10), total))
-        run = await windowed(name, make, lambda send: closed_loop(send, concurrency, next(sizes)))
-        tokens = sum(r.tokens for r in run.results) or 1
-        out[f"{name}.tokens_per_message"] = tokens / (sum(r.messages for r in run.results) or 1)
-        return run
+        """`total` requests from `concurrency` closed-loop clients, after a tenth as many."""
+        return await windowed(
+            name,
+            make,
+            lambda send: closed_loop(send, concurrency, max(64, total // 10)),
+            lambda send: closed_loop(send, concurrency, total),
+        )
 
-    async def paced_at(name: str, make: Callable[[], Any], rate: float) -> None:
-        """Poisson arrivals at `rate` for open_s: latency from each scheduled arrival, and CPU per
-        request and per token at that rate."""
-        spans = iter((min(2.0, open_s / 2), open_s))
-        await windowed(name, make, lambda send: open_loop(send, rate, next(spans)))
+    async def at_rate(name: str, make: Callable[[], Any], rate: float) -> None:
+        """Poisson arrivals at `rate` for open_s (after up to 2 s of them): latency from each
+        scheduled arrival, and CPU per request and per token at that rate."""
+        await windowed(
+            name,
+            make,
+            lambda send: open_loop(send, rate, min(2.0, open_s / 2)),
+            lambda send: open_loop(send, rate, open_s),
+        )
         if out[f"{name}.rps"] < 0.9 * rate:
             # Then this configuration was saturated, and its figure is not at the common rate.
             print(
@@ -146,13 +154,13 @@ async def _scenarios(stack: Stack, scale: float, open_s: float, rated_rps: float
         ("open_stream_backend", lambda: GrpcTarget(backend, "bench-zero", 16, True, backend=True)),
         ("open_stream_full", lambda: HttpTarget(stack.edge_url, "bench-zero", 16, True, 128)),
     ):
-        await paced_at(name, make, OPEN_RPS)
+        await at_rate(name, make, OPEN_RPS)
     # 5. The deltas at one offered rate. Saturated closed loops reach different rates per
     # configuration (telemetry off: ~700 req/s, on: ~400) and CPU per request falls as the rate
     # rises (more work per event-loop wake-up), so a saturated on-minus-off difference holds a
     # throughput effect besides telemetry's own cost. Every configuration is offered the same
     # rate here, high enough that wake-ups do not dominate (as they do at 50 req/s).
-    await paced_at(
+    await at_rate(
         "rated_nonstream_full", lambda: HttpTarget(stack.edge_url, "bench-zero", 16, False, 128), rated_rps
     )
     # 6. Peak RSS over the whole run (VmHWM: the high-water mark).

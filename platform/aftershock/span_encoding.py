@@ -2,11 +2,11 @@
 
 The OTLP exporter's own encoder (`opentelemetry.exporter.otlp.proto.common.trace_encoder`) builds
 every attribute, span and group as a separate protobuf message passed by keyword to its parent, and
-protobuf copies a message into its parent at each of those four levels. At ~4.5 µs per attribute
-and ~17 µs per span it was the largest single share of telemetry's CPU in every service (a request
+protobuf copies a message into its parent at each of those four levels. At ~3-4 µs per attribute
+and ~23 µs per span it was the largest single share of telemetry's CPU in every service (a request
 makes 4 spans with ~55 attributes). Adding each field to its parent where it will live
-(`repeated.add()`, assigning scalars in place) yields the same message at ~1.2 µs per attribute and
-~3.5 µs per span (`benchmarks/span_encoding.py`).
+(`repeated.add()`, assigning scalars in place) yields the same message at ~1.3 µs per attribute and
+~9 µs per span (`benchmarks/span_encoding.py`).
 
 The output is the library's, field for field: tests compare the two encoders' messages and bytes
 over spans of every shape the SDK makes. Anything this module does not expect (an attribute value
@@ -186,7 +186,9 @@ def _is_plain(value: object) -> bool:
 
 
 def _set_plain(out: AnyValue, value: object) -> None:
-    """One value `_is_plain` accepted; None stays an empty AnyValue, as the library leaves it."""
+    """One value `_is_plain` accepted; None stays an empty AnyValue, as the library leaves it.
+
+    The same branches as `_encode_attributes`, which keeps them inline: it runs per attribute."""
     if value.__class__ is str:
         out.string_value = value
     elif value.__class__ is bool:

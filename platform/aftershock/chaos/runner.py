@@ -17,6 +17,7 @@ import gevent  # type: ignore[import-untyped]
 from locust import User, between
 from locust.env import Environment
 
+from aftershock.chaos.abort import abort_reason
 from aftershock.chaos.check import Check
 from aftershock.chaos.expectations import calls_per_request
 from aftershock.chaos.faults import FaultInjector
@@ -134,16 +135,6 @@ def _configure_users(drill: Drill, recorder: Recorder, api_key: str | None) -> l
     return [u for u in (CompletionUser, StreamingUser) if u.weight > 0]
 
 
-def _abort_reason(drill: Drill, recorder: Recorder, now: float) -> str | None:
-    window = [r for r in recorder.snapshot() if r.started >= now - drill.abort.window_s]
-    if len(window) < 5:
-        return None
-    errors = 1 - sum(r.ok for r in window) / len(window)
-    if errors > drill.abort.max_error_rate:
-        return f"error rate {errors:.0%} over the last {drill.abort.window_s:.0f}s at {now:.1f}s"
-    return None
-
-
 def remote_refusal(drill: Drill, backend_env: dict[str, str]) -> str | None:
     """Why `drill` cannot run against a stack started elsewhere (None: it can). Backend settings
     and process faults need the stack's own means (a deploy, a restart), which a drill against a
@@ -231,7 +222,7 @@ def run_drill(
                 elif fault in active and fault.name not in skip_rollback:
                     step(fault, False)
                     active.remove(fault)
-            aborted = _abort_reason(drill, recorder, now)
+            aborted = abort_reason(drill.abort, recorder.snapshot(), now)
             if aborted:
                 log.error("drill aborted", extra={"reason": aborted})
                 break

@@ -170,6 +170,10 @@ class Abort(BaseModel):
 
     max_error_rate: float = Field(0.9, gt=0, le=1)
     window_s: float = Field(5.0, gt=0)
+    # Judged only over at least this many requests: at a drill's start a handful of fast failures
+    # (retry-storm refuses 3 tries in 10 before its retry budget has filled) says little, and an
+    # abort 0.2 s in on 6 of 6 failed requests ended a healthy drill once.
+    min_requests: int = Field(20, ge=1)
 
 
 class Drill(BaseModel):

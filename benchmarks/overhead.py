@@ -6,9 +6,11 @@
 Starts real processes on free ports (aftershock.stack), runs every scenario of BENCHMARKS.md for
 each configuration, interleaving configurations round by round, prints median [min-max] per
 figure and writes the raw numbers as JSON. CPU comes from /proc/<pid>/stat (all threads) over
-each measured window, redis-server's included when dedupe is on; warm-up is excluded. The on-minus-off
-deltas are printed for every figure; those of `rated_nonstream_full` compare configurations at one
-offered rate (--rated-rps), where saturated figures compare them at different rates.
+each measured window, redis-server's included when dedupe is on; warm-up is excluded. The garbage
+collector's part of it (gc_ms_per_req) comes from each service's aftershock_gc_cpu_seconds_total.
+The on-minus-off deltas are printed for every figure; those of `rated_nonstream_full` compare
+configurations at one offered rate (--rated-rps), where saturated figures compare them at
+different rates.
 
 A failed request stops the run, unless --allow-errors: then CPU is still divided by every request
 sent and each figure is printed beside its scenario's error count. "Added latency" compares
@@ -35,7 +37,7 @@ sys.path.insert(0, str(HERE))
 from aftershock.stack import Stack, StackConfig  # noqa: E402
 from discard_receiver import DiscardReceiver  # noqa: E402
 from load import GrpcTarget, HttpTarget, Run, Send, closed_loop, open_loop, percentile  # noqa: E402
-from procstat import CpuWindow, rss_bytes  # noqa: E402
+from procstat import CpuWindow, gc_cpu_seconds, rss_bytes  # noqa: E402
 
 Figures = dict[str, float]
 Load = Callable[[Send], Awaitable[Run]]  # a closed or open loop over one target's send
@@ -79,6 +81,11 @@ async def _scenarios(stack: Stack, scale: float, open_s: float, rated_rps: float
     assert stack.edge and stack.backend
     inf = stack.inference[0]
     pids = {"edge": stack.edge.popen.pid, "backend": stack.backend.popen.pid, "inference": inf.popen.pid}
+    metrics_ports = {
+        "edge": stack.edge.metrics_port,
+        "backend": stack.backend.metrics_port,
+        "inference": inf.metrics_port,
+    }
     if stack.redis is not None:  # dedupe's Redis calls are part of what a keyed request costs
         pids["redis"] = stack.redis.popen.pid
     direct = f"127.0.0.1:{inf.port}"
@@ -93,10 +100,12 @@ async def _scenarios(stack: Stack, scale: float, open_s: float, rated_rps: float
         target = make()
         try:
             await warm(target.send)
+            gc_before = {proc: gc_cpu_seconds(port) for proc, port in metrics_ports.items()}
             cpu = CpuWindow(pids)
             cpu.start()
             run = await load(target.send)
             spent = cpu.stop()
+            gc_spent = {proc: gc_cpu_seconds(port) - gc_before[proc] for proc, port in metrics_ports.items()}
         finally:
             await target.close()
         _check(name, run)
@@ -104,6 +113,8 @@ async def _scenarios(stack: Stack, scale: float, open_s: float, rated_rps: float
         for proc, seconds in spent.items():
             out[f"{name}.cpu_ms_per_req.{proc}"] = seconds * 1000 / max(1, len(run.results))
             out[f"{name}.cpu_us_per_token.{proc}"] = seconds * 1e6 / tokens
+        for proc, seconds in gc_spent.items():  # a part of cpu_ms_per_req, not an addition to it
+            out[f"{name}.gc_ms_per_req.{proc}"] = seconds * 1000 / max(1, len(run.results))
         out[f"{name}.tokens_per_message"] = tokens / (sum(r.messages for r in run.results) or 1)
         out.update(_lat(run, name))
         return run
@@ -211,6 +222,9 @@ def _derive(f: Figures) -> Figures:
         # What a request costs all three services (and redis-server, when dedupe is on).
         d[f"{scen}.cpu_ms_per_req.all"] = sum(
             f.get(f"{scen}.cpu_ms_per_req.{proc}", 0.0) for proc in ("edge", "backend", "inference", "redis")
+        )
+        d[f"{scen}.gc_ms_per_req.all"] = sum(
+            f[f"{scen}.gc_ms_per_req.{proc}"] for proc in ("edge", "backend", "inference")
         )
     for scen in ("nonstream_full", "stream_full", "paced_full"):
         unit = "cpu_ms_per_req" if scen == "nonstream_full" else "cpu_us_per_token"

@@ -33,7 +33,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     (
         "shared plumbing",
         frozenset({"aftershock.rpc", "aftershock.breaker", "aftershock.redis_guard", "aftershock.runtime"})
-        | frozenset({"aftershock.workers"}),
+        | frozenset({"aftershock.workers", "aftershock.heap"}),
     ),
     (
         "services",

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import gc
+
 import httpx
 from aftershock.metrics import BackendMetrics, EdgeMetrics, EngineMetrics, HopMetrics, new_registry
 from aftershock.metrics_http import render, start_metrics_server
 from aftershock.ports import free_port
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 
@@ -59,3 +62,28 @@ def test_metrics_port() -> None:
     )
     assert om.headers["content-type"].startswith("application/openmetrics-text")
     assert om.text.rstrip().endswith("# EOF")
+
+
+def _gc_samples(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
+    return {
+        (s.name, s.labels.get("generation", "")): s.value
+        for m in registry.collect()
+        if m.name.startswith("aftershock_gc_")
+        for s in m.samples
+    }
+
+
+def test_gc_cpu_and_collections_by_generation() -> None:
+    registry = new_registry()
+    new_registry()  # a second registry in the same process must not count collections twice
+    before = _gc_samples(registry)
+    for _ in range(3):
+        gc.collect()
+    after = _gc_samples(registry)
+    assert (
+        after[("aftershock_gc_collections_total", "2")] - before[("aftershock_gc_collections_total", "2")]
+        == 3
+    )
+    assert after[("aftershock_gc_cpu_seconds_total", "2")] > before[("aftershock_gc_cpu_seconds_total", "2")]
+    assert after[("aftershock_gc_frozen_objects", "")] == gc.get_freeze_count()
+    assert {g for (name, g) in after if name == "aftershock_gc_cpu_seconds_total"} == {"0", "1", "2"}

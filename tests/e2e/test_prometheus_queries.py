@@ -128,3 +128,15 @@ def test_every_alert_expression_parses_and_rules_load(scraped: PrometheusServer)
     assert loaded == {r.name for r in rules.iter_rules() if r.kind == "alert"}
     unhealthy = [r["name"] for g in groups for r in g["rules"] if r.get("health") not in ("ok", "unknown")]
     assert not unhealthy, unhealthy
+
+
+def test_each_service_process_froze_its_start_up_heap(scraped: PrometheusServer) -> None:
+    # aftershock.heap is called by each service's process entry point only: this is where it shows.
+    result = _query(scraped, 'aftershock_gc_frozen_objects{job=~"aftershock-(edge|backend|inference)"}')
+    frozen = {
+        (r["metric"]["job"], r["metric"]["instance"]): float(r["value"][1]) for r in result["data"]["result"]
+    }
+    assert {job for job, _ in frozen} == {"aftershock-edge", "aftershock-backend", "aftershock-inference"}
+    assert all(n > 20_000 for n in frozen.values()), frozen
+    gc_cpu = _query(scraped, "sum by (job) (aftershock_gc_cpu_seconds_total)")["data"]["result"]
+    assert len(gc_cpu) == 4, gc_cpu  # the fault proxy exports it too, unfrozen

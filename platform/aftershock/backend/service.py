@@ -9,7 +9,7 @@ import logging
 from opentelemetry.instrumentation.redis import RedisInstrumentor
 from prometheus_client import CollectorRegistry
 
-from aftershock import tracing
+from aftershock import heap, tracing
 from aftershock.backend.attempt import is_replica_failure
 from aftershock.backend.breaker_sync import BreakerSync
 from aftershock.backend.dedupe import Dedupe
@@ -123,6 +123,7 @@ async def run(settings: BackendSettings) -> None:
     service = BackendService(settings)
     await service.start()
     start_metrics_server(settings.metrics_port, settings.host, service.registry)
+    heap.prepare_for_serving()
     stop = asyncio.Event()
     install_stop_signals(stop)
     await stop.wait()

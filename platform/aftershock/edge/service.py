@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import uvicorn
 from prometheus_client import CollectorRegistry
 
+from aftershock import heap
 from aftershock.edge import ratelimit
 from aftershock.edge.app import create_app
 from aftershock.edge.auth import Authenticator
@@ -83,6 +84,7 @@ async def run(settings: EdgeSettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         # Stop accepting, then drain open streams for up to the grace period.
         loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+    heap.prepare_for_serving()  # the app is built; uvicorn's start-up adds little
     try:
         await server.serve(sockets=[_reuse_port_socket(settings)] if settings.reuse_port else None)
     finally:

@@ -15,6 +15,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from aftershock import heap
 from aftershock.inference.engine import Engine, MortalEngine
 from aftershock.inference.gpu import start_gpu_sampler
 from aftershock.inference.servicer import InferenceServicer
@@ -160,6 +161,7 @@ async def run(settings: InferenceSettings) -> None:
         log.error("inference engine failed to load", extra={"error": type(loading.exception()).__name__})
         await service.stop(0)
         loading.result()
+    heap.prepare_for_serving()
     code = await supervise(service, stopping)
     if code:
         raise SystemExit(code)

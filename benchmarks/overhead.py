@@ -1,16 +1,16 @@
 """What the edge → backend → inference path costs, measured against the inference service alone.
 
     .venv/bin/python benchmarks/overhead.py [--rounds 3] [--quick] [--configs base,telemetry-off]
-        [--allow-errors] [--rated-rps 300]
+        [--allow-errors] [--rated-rps 300] [--rated-streams 100]
 
 Starts real processes on free ports (aftershock.stack), runs every scenario of BENCHMARKS.md for
 each configuration, interleaving configurations round by round, prints median [min-max] per
 figure and writes the raw numbers as JSON. CPU comes from /proc/<pid>/stat (all threads) over
 each measured window, redis-server's included when dedupe is on; warm-up is excluded. The garbage
-collector's part of it (gc_ms_per_req) comes from each service's aftershock_gc_cpu_seconds_total.
-The on-minus-off deltas are printed for every figure; those of `rated_nonstream_full` compare
-configurations at one offered rate (--rated-rps), where saturated figures compare them at
-different rates.
+collector's part of it (gc_cpu_ms_per_req) comes from each service's aftershock_gc_cpu_seconds_total.
+The on-minus-off deltas are printed for every figure; those of `rated_nonstream_full` and
+`rated_stream_full` compare configurations at one offered rate (--rated-rps, --rated-streams),
+where saturated figures compare them at different rates.
 
 A failed request stops the run, unless --allow-errors: then CPU is still divided by every request
 sent and each figure is printed beside its scenario's error count. "Added latency" compares
@@ -45,6 +45,8 @@ OPEN_RPS = 50.0  # BENCHMARKS.md's fixed Poisson rate for added latency and TTFT
 # The deltas' common rate: ~75% of the slowest configuration's saturated full path here (telemetry
 # on, ~400 req/s), so every configuration keeps up and none idles between wake-ups.
 RATED_RPS = 300.0
+# The same for 64-token streams: ~60% of the slowest configuration's saturated ~160 streams/s.
+RATED_STREAMS = 100.0
 
 
 class BenchError(RuntimeError):
@@ -77,7 +79,9 @@ def _lat(run: Run, prefix: str) -> Figures:
     }
 
 
-async def _scenarios(stack: Stack, scale: float, open_s: float, rated_rps: float) -> Figures:
+async def _scenarios(
+    stack: Stack, scale: float, open_s: float, rated_rps: float, rated_streams: float
+) -> Figures:
     assert stack.edge and stack.backend
     inf = stack.inference[0]
     pids = {"edge": stack.edge.popen.pid, "backend": stack.backend.popen.pid, "inference": inf.popen.pid}
@@ -114,7 +118,7 @@ async def _scenarios(stack: Stack, scale: float, open_s: float, rated_rps: float
             out[f"{name}.cpu_ms_per_req.{proc}"] = seconds * 1000 / max(1, len(run.results))
             out[f"{name}.cpu_us_per_token.{proc}"] = seconds * 1e6 / tokens
         for proc, seconds in gc_spent.items():  # a part of cpu_ms_per_req, not an addition to it
-            out[f"{name}.gc_ms_per_req.{proc}"] = seconds * 1000 / max(1, len(run.results))
+            out[f"{name}.gc_cpu_ms_per_req.{proc}"] = seconds * 1000 / max(1, len(run.results))
         out[f"{name}.tokens_per_message"] = tokens / (sum(r.messages for r in run.results) or 1)
         out.update(_lat(run, name))
         return run
@@ -174,6 +178,10 @@ async def _scenarios(stack: Stack, scale: float, open_s: float, rated_rps: float
     await at_rate(
         "rated_nonstream_full", lambda: HttpTarget(stack.edge_url, "bench-zero", 16, False, 128), rated_rps
     )
+    # The same for streams (max_tokens=64, as saturated), for the per-token deltas.
+    await at_rate(
+        "rated_stream_full", lambda: HttpTarget(stack.edge_url, "bench-zero", 64, True, 128), rated_streams
+    )
     # 6. Peak RSS over the whole run (VmHWM: the high-water mark).
     for proc, pid in pids.items():
         if proc == "redis":
@@ -223,10 +231,10 @@ def _derive(f: Figures) -> Figures:
         d[f"{scen}.cpu_ms_per_req.all"] = sum(
             f.get(f"{scen}.cpu_ms_per_req.{proc}", 0.0) for proc in ("edge", "backend", "inference", "redis")
         )
-        d[f"{scen}.gc_ms_per_req.all"] = sum(
-            f[f"{scen}.gc_ms_per_req.{proc}"] for proc in ("edge", "backend", "inference")
+        d[f"{scen}.gc_cpu_ms_per_req.all"] = sum(
+            f[f"{scen}.gc_cpu_ms_per_req.{proc}"] for proc in ("edge", "backend", "inference")
         )
-    for scen in ("nonstream_full", "stream_full", "paced_full"):
+    for scen in ("nonstream_full", "stream_full", "paced_full", "rated_stream_full"):
         unit = "cpu_ms_per_req" if scen == "nonstream_full" else "cpu_us_per_token"
         d[f"{scen}.{unit}.edge+backend"] = f[f"{scen}.{unit}.edge"] + f[f"{scen}.{unit}.backend"]
         if f"{scen}.{unit}.redis" in f:
@@ -273,6 +281,12 @@ def main() -> int:
         default=RATED_RPS,
         help="the one rate every configuration is offered for the deltas (rated_nonstream_full)",
     )
+    parser.add_argument(
+        "--rated-streams",
+        type=float,
+        default=RATED_STREAMS,
+        help="streams per second every configuration is offered for the per-token deltas (rated_stream_full)",
+    )
     parser.add_argument("--out", type=Path, default=Path("reports/bench"))
     parser.add_argument(
         "--allow-errors",
@@ -309,7 +323,9 @@ def main() -> int:
             with Stack(config) as stack:
                 stack.start()
                 try:
-                    figures = asyncio.run(_scenarios(stack, scale, open_s, args.rated_rps))
+                    figures = asyncio.run(
+                        _scenarios(stack, scale, open_s, args.rated_rps, args.rated_streams)
+                    )
                 except BenchError as exc:
                     receiver.stop()
                     print(f"benchmark stopped, {name} round {rnd + 1}: {exc}", file=sys.stderr)

@@ -60,10 +60,13 @@ def test_quick_run_of_the_base_configuration(tmp_path: Path) -> None:
     assert figures["rated_nonstream_full.cpu_ms_per_req.all"] == pytest.approx(
         sum(figures[f"rated_nonstream_full.cpu_ms_per_req.{p}"] for p in ("edge", "backend", "inference"))
     )
+    assert figures["rated_stream_full.offered_rps"] == overhead.RATED_STREAMS
+    assert figures["rated_stream_full.tokens_per_s"] / figures["rated_stream_full.rps"] == pytest.approx(64)
+    assert figures["rated_stream_full.cpu_us_per_token.edge+backend"] > 0
     # The collector's CPU is a part of each service's, read from its own /metrics.
     for p in ("edge", "backend", "inference"):
-        gc_ms = figures[f"rated_nonstream_full.gc_ms_per_req.{p}"]
+        gc_ms = figures[f"rated_nonstream_full.gc_cpu_ms_per_req.{p}"]
         assert 0 <= gc_ms < figures[f"rated_nonstream_full.cpu_ms_per_req.{p}"]
-    assert figures["rated_nonstream_full.gc_ms_per_req.all"] == pytest.approx(
-        sum(figures[f"rated_nonstream_full.gc_ms_per_req.{p}"] for p in ("edge", "backend", "inference"))
+    assert figures["rated_nonstream_full.gc_cpu_ms_per_req.all"] == pytest.approx(
+        sum(figures[f"rated_nonstream_full.gc_cpu_ms_per_req.{p}"] for p in ("edge", "backend", "inference"))
     )

@@ -37,7 +37,8 @@ sys.path.insert(0, str(HERE))
 from aftershock.stack import Stack, StackConfig  # noqa: E402
 from discard_receiver import DiscardReceiver  # noqa: E402
 from load import GrpcTarget, HttpTarget, Run, Send, closed_loop, open_loop, percentile  # noqa: E402
-from procstat import CpuWindow, gc_cpu_seconds, rss_bytes  # noqa: E402
+from procstat import CpuWindow, rss_bytes  # noqa: E402
+from scrape import gc_cpu_seconds  # noqa: E402
 
 Figures = dict[str, float]
 Load = Callable[[Send], Awaitable[Run]]  # a closed or open loop over one target's send

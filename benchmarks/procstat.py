@@ -1,13 +1,9 @@
-"""CPU and memory of a process from /proc (all threads included), for per-service cost figures,
-and the garbage collector's share of the CPU from a service's /metrics."""
+"""CPU and memory of a process from /proc (all threads included), for per-service cost figures."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-
-import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -65,16 +61,3 @@ class CpuWindow:
 
     def stop(self) -> dict[str, float]:
         return {n: self._read(p) - self._start[n] for n, p in self.pids.items()}
-
-
-def gc_cpu_seconds(metrics_port: int) -> float:
-    """CPU an Aftershock service spent collecting garbage, all generations, from its own /metrics
-    (aftershock_gc_cpu_seconds_total): /proc cannot tell the collector's share apart."""
-    body = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
-    return sum(
-        s.value
-        for family in text_string_to_metric_families(body)
-        if family.name == "aftershock_gc_cpu_seconds"
-        for s in family.samples
-        if s.name == "aftershock_gc_cpu_seconds_total"
-    )

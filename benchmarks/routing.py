@@ -41,9 +41,16 @@ from aftershock.inference.prefix_cache import PrefixCache  # noqa: E402
 from aftershock.inference.sim_tokens import prompt_tokens  # noqa: E402
 from aftershock.stack import Stack, StackConfig  # noqa: E402
 from load import percentile  # noqa: E402
+from scrape import sample_sums  # noqa: E402
 
 MODEL = "sim-chat"
 BLOCK = 16
+# Read from each replica after the run: the prefix-cache hit rate and the requests it served.
+PREFIX_CACHE_SAMPLES = (
+    "vllm:prefix_cache_hits_total",
+    "vllm:prefix_cache_queries_total",
+    "vllm:request_success_total",
+)
 SYSTEM_WORDS = 480  # tokens per system prompt: 30 full blocks
 
 
@@ -123,20 +130,6 @@ async def _one(
     return None
 
 
-def _scrape(port: int) -> dict[str, float]:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        for name in (
-            "vllm:prefix_cache_hits_total",
-            "vllm:prefix_cache_queries_total",
-            "vllm:request_success_total",
-        ):
-            if line.startswith(name):
-                out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
-    return out
-
-
 async def run_policy(
     policy: str, work: Workload, replicas: int, cache_blocks: int, tmp: Path
 ) -> dict[str, Any]:
@@ -153,7 +146,7 @@ async def run_policy(
         async with httpx.AsyncClient(timeout=60, limits=limits) as client:
             start = time.monotonic() + 0.5
             results = await asyncio.gather(*(_one(client, url, start + at, m) for at, m in work.requests()))
-        per_replica = [_scrape(p.metrics_port) for p in stack.inference]
+        per_replica = [sample_sums(p.metrics_port, PREFIX_CACHE_SAMPLES) for p in stack.inference]
     ttfts = [r for r in results if r is not None]
     hits = sum(r.get("vllm:prefix_cache_hits_total", 0.0) for r in per_replica)
     queried = sum(r.get("vllm:prefix_cache_queries_total", 0.0) for r in per_replica)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -252,26 +252,45 @@ async def closed_loop(send: Send, concurrency: int, total: int) -> Run:
 
 async def open_loop(send: Send, rate: float, duration_s: float, seed: int = 1) -> Run:
     """Poisson arrivals at `rate` per second; each request runs in its own task, timed from when due."""
-    run = Run()
+    return (await interleaved_open_loops({"": send}, rate, duration_s, seed=seed))[""]
+
+
+async def interleaved_open_loops(
+    sends: Mapping[str, Send], rate: float, duration_s: float, block_s: float = 1.0, seed: int = 1
+) -> dict[str, Run]:
+    """Open loops over several targets in turns: blocks of `block_s`, each target's turn at `rate`
+    Poisson arrivals, in a fresh random order every cycle, until each has had `duration_s`. Targets
+    compared in one window share whatever the machine does meanwhile (another tenant's steal, a
+    slow second), where windows one after another would hand it to one side."""
+    names = list(sends)
+    runs = {name: Run() for name in names}
     rng = random.Random(seed)
+    order = random.Random(seed + 1)
     tasks: list[asyncio.Task[None]] = []
 
-    async def one(i: int, due: float) -> None:
+    async def one(name: str, i: int, due: float) -> None:
         try:
-            run.results.append(await send(i, due))
-        except Exception as exc:
-            run.results.append(_failed(due, exc))
+            runs[name].results.append(await sends[name](i, due))
+        except Exception as exc:  # kept and reported, never dropped
+            runs[name].results.append(_failed(due, exc))
 
     start = time.perf_counter()
+    cycles: list[list[str]] = []
     due = start
     i = 0
-    while due - start < duration_s:
+    while due - start < duration_s * len(names):
+        block = int((due - start) / block_s)
+        while len(cycles) <= block // len(names):
+            cycles.append(order.sample(names, len(names)))
+        name = cycles[block // len(names)][block % len(names)]
         delay = due - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(i, due)))
+        tasks.append(asyncio.create_task(one(name, i, due)))
         i += 1
         due += rng.expovariate(rate)
     await asyncio.gather(*tasks)
-    run.wall_s = time.perf_counter() - start
-    return run
+    wall = time.perf_counter() - start
+    for run in runs.values():
+        run.wall_s = wall / len(names)  # each target's share of the offered time
+    return runs

@@ -15,18 +15,22 @@ where saturated figures compare them at different rates.
 A failed request stops the run, unless --allow-errors: then CPU is still divided by every request
 sent and each figure is printed beside its scenario's error count. "Added latency" compares
 clients of one kind: the backend and the inference service both over gRPC (the backend's hop);
-the edge's HTTP figures are absolute here, and benchmarks/peer.py compares HTTP with HTTP.
+the edge's HTTP figures are absolute here, and benchmarks/peer.py compares HTTP with HTTP. The
+open loops behind it take turns of one second in one window, and every window records the share
+of the machine's CPU its hypervisor took meanwhile (steal_pct): on a shared VM that, not the
+services, is what most often sets a p99.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import gc
 import json
-import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,11 +40,20 @@ sys.path.insert(0, str(HERE))
 
 from aftershock.stack import Stack, StackConfig  # noqa: E402
 from discard_receiver import DiscardReceiver  # noqa: E402
-from load import GrpcTarget, HttpTarget, Run, Send, closed_loop, open_loop, percentile  # noqa: E402
-from procstat import CpuWindow, rss_bytes  # noqa: E402
+from load import (  # noqa: E402
+    GrpcTarget,
+    HttpTarget,
+    Run,
+    Send,
+    closed_loop,
+    interleaved_open_loops,
+    open_loop,
+    percentile,
+)
+from overhead_report import Figures, derive, print_report  # noqa: E402
+from procstat import CpuWindow, StealWindow, rss_bytes  # noqa: E402
 from scrape import gc_cpu_seconds  # noqa: E402
 
-Figures = dict[str, float]
 Load = Callable[[Send], Awaitable[Run]]  # a closed or open loop over one target's send
 OPEN_RPS = 50.0  # BENCHMARKS.md's fixed Poisson rate for added latency and TTFT
 # The deltas' common rate: ~75% of the slowest configuration's saturated full path here (telemetry
@@ -80,6 +93,18 @@ def _lat(run: Run, prefix: str) -> Figures:
     }
 
 
+@contextlib.contextmanager
+def _generator_heap_frozen() -> Iterator[None]:
+    """The generator's own start-up heap out of its collections while it measures: a full
+    collection over it stalls every request in flight, which would read as the services' latency."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 async def _scenarios(
     stack: Stack, scale: float, open_s: float, rated_rps: float, rated_streams: float
 ) -> Figures:
@@ -106,10 +131,13 @@ async def _scenarios(
         try:
             await warm(target.send)
             gc_before = {proc: gc_cpu_seconds(port) for proc, port in metrics_ports.items()}
-            cpu = CpuWindow(pids)
-            cpu.start()
-            run = await load(target.send)
-            spent = cpu.stop()
+            cpu, steal = CpuWindow(pids), StealWindow()
+            with _generator_heap_frozen():
+                cpu.start()
+                steal.start()
+                run = await load(target.send)
+                spent = cpu.stop()
+                out[f"{name}.steal_pct"] = steal.stop()
             gc_spent = {proc: gc_cpu_seconds(port) - gc_before[proc] for proc, port in metrics_ports.items()}
         finally:
             await target.close()
@@ -149,6 +177,25 @@ async def _scenarios(
             )
         out[f"{name}.offered_rps"] = rate
 
+    async def interleaved(targets: dict[str, Any]) -> None:
+        """OPEN_RPS Poisson arrivals at each target in turn (interleaved_open_loops), open_s each
+        after a short warm-up; latency from each scheduled arrival."""
+        sends = {name: target.send for name, target in targets.items()}
+        try:
+            await interleaved_open_loops(sends, OPEN_RPS, min(2.0, open_s / 2))
+            steal = StealWindow()
+            with _generator_heap_frozen():
+                steal.start()
+                runs = await interleaved_open_loops(sends, OPEN_RPS, open_s)
+                steal_pct = steal.stop()
+        finally:
+            for target in targets.values():
+                await target.close()
+        for name, run in runs.items():
+            _check(name, run)
+            out.update(_lat(run, name))
+            out[f"{name}.steal_pct"] = steal_pct
+
     # 1 / 4. Non-stream, max_tokens=16, 32 closed-loop clients: direct versus the full path.
     await measured("nonstream_direct", lambda: GrpcTarget(direct, "bench-zero", 16, False), 32, n_req)
     await measured(
@@ -161,16 +208,17 @@ async def _scenarios(
     )
     paced = max(64, n_streams // 4) if scale < 1 else n_streams // 2
     await measured("paced_full", lambda: HttpTarget(stack.edge_url, "bench-paced", 64, True, 64), 64, paced)
-    # 3. Open loop: Poisson arrivals at 50 req/s, non-stream latency and streamed TTFT.
-    for name, make in (
-        ("open_nonstream_direct", lambda: GrpcTarget(direct, "bench-zero", 16, False)),
-        ("open_nonstream_backend", lambda: GrpcTarget(backend, "bench-zero", 16, False, backend=True)),
-        ("open_nonstream_full", lambda: HttpTarget(stack.edge_url, "bench-zero", 16, False, 128)),
-        ("open_stream_direct", lambda: GrpcTarget(direct, "bench-zero", 16, True)),
-        ("open_stream_backend", lambda: GrpcTarget(backend, "bench-zero", 16, True, backend=True)),
-        ("open_stream_full", lambda: HttpTarget(stack.edge_url, "bench-zero", 16, True, 128)),
-    ):
-        await at_rate(name, make, OPEN_RPS)
+    # 3. Open loop: Poisson arrivals at 50 req/s, non-stream latency and streamed TTFT, the three
+    # ways in (direct, through the backend, through the edge) in turns of one second, so that they
+    # share the machine's slow seconds (latency only: the processes' CPU cannot be told apart).
+    for kind, tokens, stream in (("nonstream", 16, False), ("stream", 16, True)):
+        await interleaved(
+            {
+                f"open_{kind}_direct": GrpcTarget(direct, "bench-zero", tokens, stream),
+                f"open_{kind}_backend": GrpcTarget(backend, "bench-zero", tokens, stream, backend=True),
+                f"open_{kind}_full": HttpTarget(stack.edge_url, "bench-zero", tokens, stream, 128),
+            }
+        )
     # 5. The deltas at one offered rate. Saturated closed loops reach different rates per
     # configuration (telemetry off: ~700 req/s, on: ~400) and CPU per request falls as the rate
     # rises (more work per event-loop wake-up), so a saturated on-minus-off difference holds a
@@ -213,48 +261,6 @@ CONFIGS: dict[str, BenchConfig] = {
 }
 # "base" is the configuration BENCHMARKS.md's targets are set for.
 ALIASES = {"base": "telemetry-on"}
-
-
-def _derive(f: Figures) -> Figures:
-    d: Figures = {}
-    # Same client kind on both sides (gRPC): what the backend hop adds. The edge speaks only HTTP,
-    # so its share is read from benchmarks/peer.py (HTTP client against HTTP upstream).
-    for q in ("p50", "p95", "p99"):
-        d[f"added_latency_backend_hop_open50.{q}_ms"] = (
-            f[f"open_nonstream_backend.{q}_ms"] - f[f"open_nonstream_direct.{q}_ms"]
-        )
-    d["added_ttft_backend_hop_open50.p50_ms"] = (
-        f["open_stream_backend.ttft_p50_ms"] - f["open_stream_direct.ttft_p50_ms"]
-    )
-    d["stream_tokens_per_s_ratio"] = f["stream_full.tokens_per_s"] / f["stream_direct.tokens_per_s"]
-    for scen in ("nonstream_full", "rated_nonstream_full"):
-        # What a request costs all three services (and redis-server, when dedupe is on).
-        d[f"{scen}.cpu_ms_per_req.all"] = sum(
-            f.get(f"{scen}.cpu_ms_per_req.{proc}", 0.0) for proc in ("edge", "backend", "inference", "redis")
-        )
-        d[f"{scen}.gc_cpu_ms_per_req.all"] = sum(
-            f[f"{scen}.gc_cpu_ms_per_req.{proc}"] for proc in ("edge", "backend", "inference")
-        )
-    for scen in ("nonstream_full", "stream_full", "paced_full", "rated_stream_full"):
-        unit = "cpu_ms_per_req" if scen == "nonstream_full" else "cpu_us_per_token"
-        d[f"{scen}.{unit}.edge+backend"] = f[f"{scen}.{unit}.edge"] + f[f"{scen}.{unit}.backend"]
-        if f"{scen}.{unit}.redis" in f:
-            d[f"{scen}.{unit}.edge+backend+redis"] = (
-                d[f"{scen}.{unit}.edge+backend"] + f[f"{scen}.{unit}.redis"]
-            )
-    return d
-
-
-def _fmt(values: list[float]) -> str:
-    med = statistics.median(values)
-    return f"{med:10.3f}  [{min(values):.3f} - {max(values):.3f}]"
-
-
-def _errors_beside(key: str, rounds: list[Figures]) -> str:
-    """The failed requests of the scenario a figure comes from, summed over rounds."""
-    scen = key.split(".", 1)[0]
-    n = sum(r.get(f"{scen}.errors", 0.0) for r in rounds)
-    return f"  errors={n:.0f}" if f"{scen}.errors" in rounds[0] else ""
 
 
 def _config_names(arg: str) -> list[str]:
@@ -331,7 +337,7 @@ def main() -> int:
                     receiver.stop()
                     print(f"benchmark stopped, {name} round {rnd + 1}: {exc}", file=sys.stderr)
                     return 1
-            figures.update(_derive(figures))
+            figures.update(derive(figures))
             raw[name].append(figures)
             print(f"round {rnd + 1}/{args.rounds} {name}: {time.monotonic() - started:.0f}s", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -339,20 +345,7 @@ def main() -> int:
     path.write_text(
         json.dumps({"configs": names, "rounds": args.rounds, "quick": args.quick, "raw": raw}, indent=1)
     )
-    keys = sorted(raw[names[0]][0])
-    for name in names:
-        print(f"\n== {name}: median [min - max] over {args.rounds} rounds")
-        for key in keys:
-            print(f"{key:48s} {_fmt([r[key] for r in raw[name]])}{_errors_beside(key, raw[name])}")
-    pairs = [("telemetry-on", "telemetry-off"), ("dedupe-on", "telemetry-off")]
-    for a_name, b_name in pairs:
-        if a_name in raw and b_name in raw:
-            print(f"\n== {a_name} minus {b_name}: median [min - max] of per-round differences")
-            for key in sorted(set(raw[a_name][0]) & set(raw[b_name][0])):
-                if "cpu" in key or key.endswith(("p50_ms", "p99_ms")):
-                    diffs = [a[key] - b[key] for a, b in zip(raw[a_name], raw[b_name], strict=True)]
-                    errs = _errors_beside(key, raw[a_name] + raw[b_name])
-                    print(f"{key:48s} {_fmt(diffs)}{errs}")
+    print_report(raw)
     receiver.stop()
     print(f"\nraw results: {path}")
     return 0

@@ -61,3 +61,27 @@ class CpuWindow:
 
     def stop(self) -> dict[str, float]:
         return {n: self._read(p) - self._start[n] for n, p in self.pids.items()}
+
+
+def machine_jiffies(stat: str | None = None) -> tuple[int, int]:
+    """(steal, all) clock ticks of every CPU since boot, from /proc/stat's `cpu` line."""
+    if stat is None:
+        with open("/proc/stat") as f:
+            stat = f.readline()
+    # cpu  user nice system idle iowait irq softirq steal guest guest_nice (guests are in user/nice)
+    ticks = [int(x) for x in stat.split()[1:9]]
+    return ticks[7], sum(ticks)
+
+
+@dataclass
+class StealWindow:
+    """The share of the machine's CPU time its hypervisor gave to others between start() and stop().
+    A vCPU that is stolen from stalls whatever runs on it, so a latency tail means little without it."""
+
+    def start(self) -> None:
+        self._start = machine_jiffies()
+
+    def stop(self) -> float:
+        steal, total = machine_jiffies()
+        spent = total - self._start[1]
+        return 100.0 * (steal - self._start[0]) / spent if spent else 0.0

@@ -14,7 +14,7 @@ from aftershock.ports import free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from load import HttpTarget, Result, SseCounter, closed_loop, open_loop
+from load import HttpTarget, Result, SseCounter, closed_loop, interleaved_open_loops, open_loop
 
 STREAM = (
     b'data: {"choices":[{"index":0,"text":" a","finish_reason":null}],"usage":null}\n\n'
@@ -80,6 +80,38 @@ async def test_open_loop_latency_counts_from_the_scheduled_arrival() -> None:
     late = sorted(r.latency_s for r in run.results)
     assert len(late) > 20
     assert late[len(late) // 2] > 0.05  # most requests were due during the stall
+
+
+async def test_interleaved_targets_take_turns_within_one_window() -> None:
+    """Each target is offered the rate only during its own blocks, and every cycle visits each once."""
+    sent: dict[str, list[float]] = {"a": [], "b": [], "c": []}
+    start = time.perf_counter()
+
+    def sender(name: str):  # type: ignore[no-untyped-def]
+        async def send(i: int, due: float) -> Result:
+            sent[name].append(due - start)
+            return Result(time.perf_counter() - due, 0, 1, 1, True)
+
+        return send
+
+    runs = await interleaved_open_loops(
+        {name: sender(name) for name in sent}, rate=200, duration_s=0.4, block_s=0.1, seed=5
+    )
+    assert sorted(runs) == ["a", "b", "c"]
+    for name, dues in sent.items():
+        assert len(runs[name].results) == len(dues) > 40  # ~80 each at 200/s for 0.4 s
+        assert runs[name].wall_s == pytest.approx(0.4, abs=0.1)
+    first = min(min(dues) for dues in sent.values())  # the loop's start: its first arrival
+    block_of: dict[int, set[str]] = {}
+    for name, dues in sent.items():
+        for due in dues:
+            block_of.setdefault(int((due - first) / 0.1), set()).add(name)
+    assert len(block_of) == 12  # 3 targets x 0.4 s in blocks of 0.1 s
+    assert all(len(names) == 1 for names in block_of.values())  # one target per block
+    turns = [block_of[b].pop() for b in sorted(block_of)]
+    for cycle in range(4):
+        assert sorted(turns[cycle * 3 : cycle * 3 + 3]) == ["a", "b", "c"]
+    assert len({tuple(turns[c * 3 : c * 3 + 3]) for c in range(4)}) > 1  # the order changes
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import overhead  # noqa: E402
+import overhead_report  # noqa: E402
 from load import Result, Run  # noqa: E402
 
 
@@ -31,7 +32,7 @@ def test_errors_stop_the_run_or_are_printed_beside_every_figure(monkeypatch: pyt
     monkeypatch.setattr(overhead, "ALLOW_ERRORS", True)
     overhead._check("nonstream_full", run)
     rounds = [{"nonstream_full.errors": 1.0, "nonstream_full.p50_ms": 3.0}, {"nonstream_full.errors": 2.0}]
-    assert overhead._errors_beside("nonstream_full.p50_ms", rounds) == "  errors=3"
+    assert overhead_report.errors_beside("nonstream_full.p50_ms", rounds) == "  errors=3"
 
 
 @pytest.mark.e2e
@@ -50,6 +51,12 @@ def test_quick_run_of_the_base_configuration(tmp_path: Path) -> None:
     figures = json.loads(report.read_text())["raw"]["telemetry-on"][0]
     for scen in ("nonstream_full", "stream_full", "paced_full", "open_stream_full", "open_nonstream_backend"):
         assert figures[f"{scen}.errors"] == 0
+    # The three ways in to the open loops took turns in one window: one steal reading for all three.
+    for kind in ("nonstream", "stream"):
+        arms = [f"open_{kind}_{way}" for way in ("direct", "backend", "full")]
+        assert all(figures[f"{arm}.requests"] > 0 for arm in arms)
+        assert len({figures[f"{arm}.steal_pct"] for arm in arms}) == 1
+        assert 0 <= figures[f"{arms[0]}.steal_pct"] <= 100
     # Tokens are counted from the streams: 64 per stream, 16 per non-streamed reply.
     assert figures["stream_full.tokens_per_s"] / figures["stream_full.rps"] == pytest.approx(64)
     assert figures["nonstream_full.cpu_ms_per_req.edge"] > 0

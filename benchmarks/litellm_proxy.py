@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +16,12 @@ def litellm_bin(version: str, log: Path) -> Path:
     """The pinned LiteLLM proxy, installed into .bench/ when missing."""
     venv = ROOT / ".bench" / f"litellm-{version}"
     exe = venv / "bin" / "litellm"
-    if exe.exists():
+    if usable(exe):
         return exe
+    if venv.is_symlink():
+        venv.unlink()
+    elif venv.exists():  # moved since it was made: a venv's scripts name its old path
+        shutil.rmtree(venv)
     print(f"installing litellm[proxy]=={version} into {venv} (once)...", file=sys.stderr)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     with log.open("ab") as out:
@@ -27,6 +32,16 @@ def litellm_bin(version: str, log: Path) -> Path:
             stderr=out,
         )
     return exe
+
+
+def usable(script: Path) -> bool:
+    """The script exists and the interpreter its #! line names does too (a virtual environment
+    copied or moved elsewhere keeps scripts that point at where it was made)."""
+    try:
+        first = script.read_bytes().split(b"\n", 1)[0]
+    except OSError:
+        return False
+    return first.startswith(b"#!") and Path(first[2:].decode().split()[0]).exists()
 
 
 def litellm_config(path: Path, upstream: str, *models: str) -> Path:

@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import litellm_proxy  # noqa: E402
 
 
 @pytest.mark.e2e
@@ -39,3 +42,13 @@ def test_quick_peer_run_against_the_upstream(tmp_path: Path) -> None:
             assert figures[f"{kind}.{target}.tokens_per_req"] == 16  # counted from replies and streams
         assert figures[f"{kind}.aftershock.cpu_ms_per_req.edge"] > 0
         assert figures[f"{kind}.aftershock.cpu_ms_per_req.inference"] > 0
+
+
+def test_a_litellm_env_made_elsewhere_is_not_used(tmp_path: Path) -> None:
+    """A venv moved after it was made keeps scripts whose #! names its old path: reinstall then."""
+    script = tmp_path / "litellm"
+    assert not litellm_proxy.usable(script)  # missing
+    script.write_text(f"#!{sys.executable}\nprint('hi')\n")
+    assert litellm_proxy.usable(script)
+    script.write_text(f"#!{tmp_path / 'gone' / 'bin' / 'python3'}\nprint('hi')\n")
+    assert not litellm_proxy.usable(script)

@@ -3,10 +3,12 @@ a probe that closes the breaker as soon as Redis is back."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
 import pytest
+import uvloop
 from aftershock.breaker import CLOSED, OPEN, BreakerConfig
 from aftershock.redis_guard import GuardedRedis, RedisDown, RedisGuardConfig
 
@@ -65,6 +67,54 @@ async def test_a_bug_in_the_operation_is_not_a_redis_failure(guard: tuple[Guarde
             await g.call(broken)
     assert g.breaker.state == CLOSED  # never counted against Redis
     assert ups == []
+
+
+def _uvloop_write_after_close() -> RuntimeError:
+    """What uvloop raises when a client writes to a connection its peer has closed (as redis-py
+    does when redis-server stops while a connection is being set up)."""
+
+    async def provoke() -> RuntimeError:
+        server = await asyncio.start_server(lambda _r, w: w.close(), "127.0.0.1", 0)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+            await reader.read()  # the peer's close
+            writer.close()
+            await writer.wait_closed()
+            try:
+                writer.writelines([b"PING\r\n"])
+            except RuntimeError as exc:
+                return exc
+            raise AssertionError("uvloop took a write on a closed connection")
+        finally:
+            server.close()
+
+    loop = uvloop.new_event_loop()
+    try:
+        return loop.run_until_complete(provoke())
+    finally:
+        loop.close()
+
+
+async def test_a_write_on_a_connection_redis_closed_is_redis_down(
+    guard: tuple[GuardedRedis, list[bool]],
+) -> None:
+    """The services run on uvloop; a stopped Redis must fail open (RedisDown), not look like a bug."""
+    g, ups = guard
+    closed = await asyncio.to_thread(_uvloop_write_after_close)  # its own loop, in its own thread
+
+    async def stopped_mid_connect() -> None:
+        raise closed
+
+    with pytest.raises(RedisDown):
+        await g.call(stopped_mid_connect)
+    assert ups == [False]
+
+    async def our_bug() -> None:
+        raise RuntimeError("something else")
+
+    with pytest.raises(RuntimeError):
+        await g.call(our_bug)
+    assert ups == [False]
 
 
 async def test_replies_are_parsed_by_hiredis(guard: tuple[GuardedRedis, list[bool]]) -> None:

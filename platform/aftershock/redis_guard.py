@@ -65,7 +65,15 @@ class RedisDown(Exception):
 
 def is_redis_failure(exc: BaseException) -> bool:
     """Only Redis being unreachable or failing counts; a cancelled call or our own bug does not."""
-    return isinstance(exc, (RedisError, OSError, TimeoutError))
+    return isinstance(exc, (RedisError, OSError, TimeoutError)) or _closed_by_peer(exc)
+
+
+def _closed_by_peer(exc: BaseException) -> bool:
+    """uvloop's answer to a write on a connection the peer has already closed: a RuntimeError where
+    asyncio's own loop drops the write and the read then fails (MagicStack/uvloop#506). redis-py
+    catches neither, so a Redis that stops while a connection is being set up would otherwise
+    surface as our bug (INTERNAL) instead of Redis being down."""
+    return isinstance(exc, RuntimeError) and str(exc).endswith("the handler is closed")
 
 
 class GuardedRedis:

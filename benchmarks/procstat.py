@@ -74,7 +74,6 @@ def machine_jiffies(stat: str | None = None) -> tuple[int, int]:
     return ticks[7], sum(ticks)
 
 
-@dataclass
 class StealWindow:
     """The share of the machine's CPU time its hypervisor gave to others between start() and stop().
     A vCPU that is stolen from stalls whatever runs on it, so a latency tail means little without it."""

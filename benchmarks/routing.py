@@ -148,9 +148,9 @@ async def run_policy(
             results = await asyncio.gather(*(_one(client, url, start + at, m) for at, m in work.requests()))
         per_replica = [sample_sums(p.metrics_port, PREFIX_CACHE_SAMPLES) for p in stack.inference]
     ttfts = [r for r in results if r is not None]
-    hits = sum(r.get("vllm:prefix_cache_hits_total", 0.0) for r in per_replica)
-    queried = sum(r.get("vllm:prefix_cache_queries_total", 0.0) for r in per_replica)
-    served = [r.get("vllm:request_success_total", 0.0) for r in per_replica]
+    hits = sum(r["vllm:prefix_cache_hits_total"] for r in per_replica)
+    queried = sum(r["vllm:prefix_cache_queries_total"] for r in per_replica)
+    served = [r["vllm:request_success_total"] for r in per_replica]
     mean = statistics.mean(served) if served else 0.0
     return {
         "policy": policy,

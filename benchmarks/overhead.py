@@ -38,6 +38,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from aftershock import grpc_experiments  # noqa: E402
 from aftershock.stack import Stack, StackConfig  # noqa: E402
 from discard_receiver import DiscardReceiver  # noqa: E402
 from load import (  # noqa: E402
@@ -258,9 +259,23 @@ CONFIGS: dict[str, BenchConfig] = {
     "telemetry-off": BenchConfig(_all({"OTEL_SDK_DISABLED": "true"})),
     # As telemetry-off, plus dedupe on every request (real redis-server, unique keys).
     "dedupe-on": BenchConfig(_all({"OTEL_SDK_DISABLED": "true"}), dedupe=True),
+    # As telemetry-on, with gRPC core's own experiment defaults instead of the services'
+    # (aftershock.grpc_experiments); only when asked for: it checks that choice after an upgrade.
+    "grpc-event-engine": BenchConfig({}),
 }
+DEFAULT_CONFIGS = ("telemetry-on", "telemetry-off", "dedupe-on")
 # "base" is the configuration BENCHMARKS.md's targets are set for.
 ALIASES = {"base": "telemetry-on"}
+
+
+def _export_to(port: int) -> None:
+    """Point the configurations with telemetry on at the discarding OTLP receiver on `port`."""
+    exported = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+        "OTEL_EXPORTER_OTLP_INSECURE": "true",
+    }
+    CONFIGS["telemetry-on"] = BenchConfig(_all(exported))
+    CONFIGS["grpc-event-engine"] = BenchConfig(_all({**exported, grpc_experiments.VARIABLE: ""}))
 
 
 def _config_names(arg: str) -> list[str]:
@@ -280,7 +295,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="tiny runs and 2 s open loops (smoke test)")
     parser.add_argument(
-        "--configs", default=",".join(CONFIGS), help=f"comma list of {sorted(CONFIGS)} (base: telemetry-on)"
+        "--configs",
+        default=",".join(DEFAULT_CONFIGS),
+        help=f"comma list of {sorted(CONFIGS)} (base: telemetry-on)",
     )
     parser.add_argument(
         "--rated-rps",
@@ -305,14 +322,7 @@ def main() -> int:
     ALLOW_ERRORS = args.allow_errors
     names = _config_names(args.configs)
     receiver = DiscardReceiver()
-    CONFIGS["telemetry-on"] = BenchConfig(
-        _all(
-            {
-                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}",
-                "OTEL_EXPORTER_OTLP_INSECURE": "true",
-            }
-        )
-    )
+    _export_to(receiver.port)
     scale, open_s = (0.1, 2.0) if args.quick else (1.0, 20.0)
     raw: dict[str, list[Figures]] = {n: [] for n in names}
     for rnd in range(args.rounds):

@@ -6,7 +6,11 @@ import statistics
 
 Figures = dict[str, float]
 # Each on-minus-off delta is printed for these pairs of configurations, when both ran.
-PAIRS = [("telemetry-on", "telemetry-off"), ("dedupe-on", "telemetry-off")]
+PAIRS = [
+    ("telemetry-on", "telemetry-off"),
+    ("dedupe-on", "telemetry-off"),
+    ("grpc-event-engine", "telemetry-on"),
+]
 
 
 def derive(f: Figures) -> Figures:

@@ -23,7 +23,9 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
         frozenset(
             {"aftershock", "aftershock.v1", "aftershock.errors", "aftershock.clock", "aftershock.context"}
         )
-        | frozenset({"aftershock.ports", "aftershock.proc", "aftershock.topology"}),
+        | frozenset(
+            {"aftershock.ports", "aftershock.proc", "aftershock.topology", "aftershock.grpc_experiments"}
+        ),
     ),
     (
         "telemetry",

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from aftershock import grpc_experiments
+
 
 def _overrides(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
     """Flags given on the command line win over the environment; unset flags leave it alone."""
@@ -112,6 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return faultproxy_main(argv[1:])
     args = _parser().parse_args(argv)
+    grpc_experiments.choose()  # before runtime: its tracing imports grpc, which reads it once
     from aftershock import runtime
 
     common = ("host", "port", "metrics_port", "log_level")

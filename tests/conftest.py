@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import aftershock.metrics as metrics_module
 import pytest
+from aftershock.metrics.common import new_registry
 from aftershock.stack import Stack
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
@@ -21,8 +22,8 @@ from tests.stack_support import running_stack
 
 @pytest.fixture(scope="session")
 def exposed() -> dict[str, set[str]]:
-    """Sample name -> label names, from instantiating every metrics class in aftershock.metrics:
-    what dashboards and alert rules may refer to."""
+    """Sample name -> label names, from instantiating every metrics class in aftershock.metrics and
+    the registry every service starts from: what dashboards and alert rules may refer to."""
     samples: dict[str, set[str]] = {}
     classes = [
         cls
@@ -31,6 +32,10 @@ def exposed() -> dict[str, set[str]]:
         and "registry" in inspect.signature(cls).parameters
     ]
     assert classes, "no metric classes found in aftershock.metrics"
+    # Every metrics port also shows the process's CPU, memory and garbage collection.
+    for family in new_registry().collect():
+        for sample in family.samples:
+            samples.setdefault(sample.name, set()).update(sample.labels)
     for cls in classes:
         registry = CollectorRegistry()
         params = inspect.signature(cls).parameters

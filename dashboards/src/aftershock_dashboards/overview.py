@@ -11,6 +11,7 @@ from grafana_foundation_sdk.models import dashboard
 
 from . import base, promql
 from .panels import (
+    CORES,
     COUNT,
     RATIO,
     REQ_PER_SEC,
@@ -35,6 +36,10 @@ SHED = "aftershock_shed_requests_total"
 HTTP = "aftershock_http_responses_total"
 
 NOT_OK = 'code!="OK"'
+# Process-level series (CPU, GC) carry no `service` label; the scrape job's name holds the hop's.
+HOP_JOB = 'job=~".*(edge|backend|inference).*"'
+PROCESS_CPU = "process_cpu_seconds_total"
+GC_CPU = "aftershock_gc_cpu_seconds_total"
 # Error-ratio guide lines: 1% is worth a look, 5% is an incident.
 ERROR_STEPS = ((0.01, "orange"), (0.05, "red"))
 
@@ -160,6 +165,36 @@ def _hops_row(builder: dashboard_b.Dashboard) -> dashboard_b.Dashboard:
     )
 
 
+def _cpu_panels(builder: dashboard_b.Dashboard) -> dashboard_b.Dashboard:
+    """What each hop costs in CPU, the garbage collector's part, and per request: the live
+    counterpart of benchmarks/overhead.py's figures."""
+    cpu = sum_by(rate(PROCESS_CPU, HOP_JOB), "job")
+    return builder.with_panel(
+        timeseries_panel(
+            "CPU by hop, garbage collection beside it",
+            [
+                Q(cpu, "{{job}}"),
+                Q(sum_by(rate(GC_CPU, HOP_JOB), "job"), "{{job}} GC"),
+            ],
+            unit=CORES,
+            description="CPU seconds per second of each service's processes (all threads), and the "
+            "part spent in Python's garbage collector. GC above a few percent of its process "
+            "means objects are being promoted faster than the frozen start-up heap allows for.",
+            width=12,
+        )
+    ).with_panel(
+        timeseries_panel(
+            "CPU per request by hop",
+            [Q(f"{cpu}\n  /\n{sum_by(rate(REQUESTS, HOP_JOB), 'job')}", "{{job}}")],
+            unit=SECONDS,
+            description="CPU seconds per finished request at each hop, all models together (CPU "
+            "cannot be split by model). A streamed request costs more than a non-streamed one, so "
+            "a shift in the mix moves this line as much as a slower process does.",
+            width=12,
+        )
+    )
+
+
 def _hop_row(builder: dashboard_b.Dashboard, hop: str) -> dashboard_b.Dashboard:
     svc = _service(hop)
     name = hop.capitalize()
@@ -223,7 +258,7 @@ def build() -> dashboard.Dashboard:
         "percentiles with trace exemplars, in-flight work and load shedding.",
     )
     builder = _summary_row(builder)
-    builder = _hops_row(builder)
+    builder = _cpu_panels(_hops_row(builder))
     for hop in HOPS:
         builder = _hop_row(builder, hop)
     return base.finish(builder)

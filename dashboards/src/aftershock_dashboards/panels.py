@@ -27,6 +27,7 @@ BYTES = "bytes"
 COUNT = "short"
 TOKENS_PER_SEC = "suffix:tok/s"
 PER_SEC = "suffix:/s"
+CORES = "suffix: cores"  # CPU seconds per second
 
 Steps = Sequence[tuple[float, str]]
 

@@ -8,7 +8,9 @@ upstream directly, through Aftershock (edge -> backend -> inference with the `op
 telemetry on and exported to a local OTLP receiver that discards spans) and through LiteLLM proxy
 (one worker), in interleaved rounds. CPU per request comes from /proc/<pid>/stat of each process
 (all threads; LiteLLM's whole process tree), latency from the client, both with the error count.
-"Added latency" subtracts the direct figure: every client here speaks HTTP, so they compare.
+"Added latency" subtracts the direct figure: every client here speaks HTTP, so they compare. The
+open loop behind it (10 req/s) gives the targets turns of one second in one window, as overhead.py
+does, and prints the share of the machine its hypervisor took meanwhile (open steal %).
 
 Streamed: the upstream writes its 16 events back to back, and a relay may pass on the ones that
 arrived together as one event (Aftershock does; events/req shows it). Streamed paced: the upstream
@@ -44,8 +46,8 @@ from aftershock.ports import free_port  # noqa: E402
 from aftershock.stack import Stack, StackConfig  # noqa: E402
 from discard_receiver import DiscardReceiver  # noqa: E402
 from litellm_proxy import LITELLM_VERSION, litellm_bin, litellm_config  # noqa: E402
-from load import HttpTarget, Run, closed_loop, open_loop, percentile  # noqa: E402
-from procstat import CpuWindow  # noqa: E402
+from load import HttpTarget, Run, closed_loop, interleaved_open_loops, percentile  # noqa: E402
+from procstat import CpuWindow, StealWindow  # noqa: E402
 
 MODEL = "peer-model"
 PACED_MODEL = "peer-model-paced"  # the upstream streams it one event every --itl-ms
@@ -90,22 +92,33 @@ def process(cmd: list[str], log: Path, ready_url: str, env: dict[str, str] | Non
 
 
 async def measure(
-    target: HttpTarget, pids: dict[str, int], tree: bool, concurrency: int, total: int, open_s: float
-) -> tuple[Run, dict[str, float], Run]:
-    """CPU and latency saturated (closed loop), then latency at a fixed rate well below it."""
+    targets: dict[str, tuple[HttpTarget, dict[str, int], bool]], concurrency: int, total: int, open_s: float
+) -> dict[str, tuple[Run, dict[str, float], Run, float]]:
+    """Per target, CPU and latency saturated (closed loop, one target at a time); then latency at a
+    fixed rate well below it, the targets taking turns in one window (interleaved_open_loops) so
+    that they share the machine's slow seconds, with the steal that window saw."""
+    closed: dict[str, tuple[Run, dict[str, float]]] = {}
     try:
-        await closed_loop(target.send, concurrency, max(64, total // 5))  # warm-up
-        cpu = CpuWindow(pids, tree=tree)
-        cpu.start()
-        run = await closed_loop(target.send, concurrency, total)
-        spent = cpu.stop()
-        fixed = await open_loop(target.send, OPEN_RATE, open_s) if open_s else Run()
-        return run, spent, fixed
+        for name, (target, pids, tree) in targets.items():
+            await closed_loop(target.send, concurrency, max(64, total // 5))  # warm-up
+            cpu = CpuWindow(pids, tree=tree)
+            cpu.start()
+            run = await closed_loop(target.send, concurrency, total)
+            closed[name] = (run, cpu.stop())
+        fixed = {name: Run() for name in targets}
+        steal = StealWindow()
+        steal.start()
+        if open_s:
+            sends = {name: target.send for name, (target, _, _) in targets.items()}
+            fixed = await interleaved_open_loops(sends, OPEN_RATE, open_s)
+        steal_pct = steal.stop()
     finally:
-        await target.close()
+        for target, _, _ in targets.values():
+            await target.close()
+    return {name: (*closed[name], fixed[name], steal_pct) for name in targets}
 
 
-def figures(name: str, run: Run, spent: dict[str, float], fixed: Run) -> Figures:
+def figures(name: str, run: Run, spent: dict[str, float], fixed: Run, steal_pct: float) -> Figures:
     n = max(1, len(run.results))  # failed requests cost CPU too
     lat = [r.latency_s * 1000 for r in run.ok()]
     out = {f"{name}.cpu_ms_per_req.{proc}": s * 1000 / n for proc, s in spent.items()}
@@ -120,6 +133,8 @@ def figures(name: str, run: Run, spent: dict[str, float], fixed: Run) -> Figures
     out[f"{name}.open_p50_ms"] = percentile([r.latency_s * 1000 for r in open_ok], 50)
     out[f"{name}.open_p99_ms"] = percentile([r.latency_s * 1000 for r in open_ok], 99)
     out[f"{name}.open_ttft_p50_ms"] = percentile([r.ttft_s * 1000 for r in open_ok], 50)
+    out[f"{name}.open_requests"] = float(len(fixed.results))
+    out[f"{name}.open_steal_pct"] = steal_pct
     failed = len(run.results) - len(run.ok()) + len(fixed.results) - len(open_ok)
     out[f"{name}.errors"] = float(failed)
     return out
@@ -204,15 +219,16 @@ def main() -> int:
             order = list(targets)
             order = order[rnd % len(order) :] + order[: rnd % len(order)]  # rotate who goes first
             for kind, (model, stream) in KINDS.items():
+                made = {}
                 for name in order:
                     url, pids, tree = targets[name]
-                    target = HttpTarget(
+                    client = HttpTarget(
                         url, model, args.max_tokens, stream, args.concurrency, headers=auth.get(name)
                     )
-                    run, spent, fixed = asyncio.run(
-                        measure(target, pids, tree, args.concurrency, args.requests, args.open_seconds)
-                    )
-                    figs.update(figures(f"{kind}.{name}", run, spent, fixed))
+                    made[name] = (client, pids, tree)
+                measured = asyncio.run(measure(made, args.concurrency, args.requests, args.open_seconds))
+                for name, (run, spent, fixed, steal_pct) in measured.items():
+                    figs.update(figures(f"{kind}.{name}", run, spent, fixed, steal_pct))
                     errs = {**run.errors(), **fixed.errors()} or 0
                     print(f"round {rnd + 1} {kind} {name}: errors {errs}", file=sys.stderr)
             raw.append(figs)
@@ -247,7 +263,7 @@ def print_table(raw: list[Figures], names: list[str]) -> None:
     rate = f"{OPEN_RATE:.0f}/s"
     head = ["kind", "target", *(f"cpu.{p}" for p in procs), "closed p50", "p99", "added p50"]
     head += [f"open {rate} p50", "p99", "added p50", "added p99", "ttft p50", "added ttft"]
-    head += ["closed req/s", "tok/req", "events/req", "errors"]
+    head += ["open steal %", "closed req/s", "tok/req", "events/req", "errors"]
     print(" | ".join(head))
     for kind in KINDS:
         for name in names:
@@ -261,7 +277,11 @@ def print_table(raw: list[Figures], names: list[str]) -> None:
                 if q == "open_ttft_p50_ms":
                     cells.append(_med(raw, f"{pre}.{q}"))
                 cells.append(_added(raw, pre, f"{kind}.direct", q))
-            cells += [_med(raw, f"{pre}.rps"), _med(raw, f"{pre}.tokens_per_req")]
+            cells += [
+                _med(raw, f"{pre}.open_steal_pct"),
+                _med(raw, f"{pre}.rps"),
+                _med(raw, f"{pre}.tokens_per_req"),
+            ]
             cells += [_med(raw, f"{pre}.events_per_req"), _med(raw, f"{pre}.errors")]
             print(" | ".join(cells))
     if "litellm" in names:

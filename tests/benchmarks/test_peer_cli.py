@@ -42,6 +42,9 @@ def test_quick_peer_run_against_the_upstream(tmp_path: Path) -> None:
             assert figures[f"{kind}.{target}.tokens_per_req"] == 16  # counted from replies and streams
         assert figures[f"{kind}.aftershock.cpu_ms_per_req.edge"] > 0
         assert figures[f"{kind}.aftershock.cpu_ms_per_req.inference"] > 0
+        # The open loop's targets took turns in one window: both ran, one steal reading for both.
+        assert all(figures[f"{kind}.{target}.open_requests"] > 0 for target in ("direct", "aftershock"))
+        assert figures[f"{kind}.direct.open_steal_pct"] == figures[f"{kind}.aftershock.open_steal_pct"]
 
 
 def test_a_litellm_env_made_elsewhere_is_not_used(tmp_path: Path) -> None:

@@ -100,5 +100,4 @@ def test_services_read_their_channels_without_event_engine_threads() -> None:
     with running_stack("test_grpc_experiments-control", replicas=1, env=env) as stack:
         control = _switches_per_event(stack)
     assert control > 1.0, f"the measure did not see EventEngine reads with gRPC's defaults: {control:.2f}"
-    print(f"EventEngine wake-ups per SSE event: {chosen:.3f} (gRPC's defaults: {control:.3f})")
     assert chosen < 0.5, f"{chosen:.2f} EventEngine wake-ups per SSE event (gRPC's defaults: {control:.2f})"

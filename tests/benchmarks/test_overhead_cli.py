@@ -45,6 +45,41 @@ def test_errors_stop_the_run_or_are_printed_beside_every_figure(monkeypatch: pyt
     assert overhead_report.errors_beside("nonstream_full.p50_ms", rounds) == "  errors=3"
 
 
+def _round(redis_us_per_token: float | None) -> overhead_report.Figures:
+    """One round's measured figures, every one 1.0, and redis-server's when dedupe ran it."""
+    f: overhead_report.Figures = {}
+    for way in ("direct", "backend"):
+        for kind in ("nonstream", "stream"):
+            for q in ("p50", "p95", "p99", "ttft_p50"):
+                f[f"open_{kind}_{way}.{q}_ms"] = 1.0
+    for scen in ("stream_full", "stream_direct"):
+        f[f"{scen}.tokens_per_s"] = 1.0
+    for scen in ("nonstream_full", "rated_nonstream_full", "stream_full", "paced_full", "rated_stream_full"):
+        for proc in ("edge", "backend", "inference"):
+            f[f"{scen}.cpu_ms_per_req.{proc}"] = f[f"{scen}.cpu_us_per_token.{proc}"] = 1.0
+            f[f"{scen}.gc_cpu_ms_per_req.{proc}"] = 0.0
+        if redis_us_per_token is not None:
+            f[f"{scen}.cpu_ms_per_req.redis"] = f[f"{scen}.cpu_us_per_token.redis"] = redis_us_per_token
+    return f
+
+
+def test_dedupe_delta_per_token_includes_redis_server(capsys: pytest.CaptureFixture[str]) -> None:
+    raw = {}
+    for name, redis in (("telemetry-off", None), ("dedupe-on", 5.0)):
+        figures = _round(redis)
+        figures.update(overhead_report.derive(figures))
+        raw[name] = [figures]
+    overhead_report.print_report(raw)
+    deltas = capsys.readouterr().out.split("== dedupe-on minus telemetry-off", 1)[1]
+    # edge+backend moved by 0, redis-server's 5 µs per token is the whole delta
+    line = next(
+        x
+        for x in deltas.splitlines()
+        if x.startswith("rated_stream_full.cpu_us_per_token.edge+backend+redis")
+    )
+    assert line.split()[1] == "5.000"
+
+
 @pytest.mark.e2e
 def test_quick_run_of_the_base_configuration(tmp_path: Path) -> None:
     cmd = [sys.executable, str(ROOT / "benchmarks" / "overhead.py"), "--quick", "--rounds", "1"]

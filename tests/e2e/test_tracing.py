@@ -188,13 +188,21 @@ def test_a_keyed_stream_traces_its_claim_and_result_not_each_publish(
         resp = client.post(url, json=body, headers={"idempotency-key": "tr-stream"})
     assert resp.status_code == 200 and resp.text.endswith("data: [DONE]\n\n")
     trace_id = resp.headers["traceparent"].split("-")[1]
-    spans = _wait_for_trace(
-        receiver, trace_id, {"aftershock-edge", "aftershock-backend", "aftershock-inference"}
-    )
+    services = {"aftershock-edge", "aftershock-backend", "aftershock-inference"}
+
+    def every_server_span() -> list[ReceivedSpan]:
+        # A stream's server spans end with it, after the first token: wait for all three, not
+        # only for a span from each service (the backend's claim can arrive long before its own).
+        spans = receiver.of_trace(trace_id)
+        return spans if {s.service for s in spans if s.kind == SERVER} >= services else []
+
+    wait_for(every_server_span, 15, f"trace {trace_id}'s server spans", every_s=0.1)
     time.sleep(0.3)  # a publish ending after the finish would be exported after it
-    calls = [s for s in receiver.of_trace(trace_id) if s.attributes.get("db.system") == "redis"]
+    spans = receiver.of_trace(trace_id)
+    calls = [s for s in spans if s.attributes.get("db.system") == "redis"]
     assert len(calls) == 2, [(s.name, s.attributes.get("db.statement")) for s in calls]
-    assert len(spans) >= 4
+    (backend,) = [s for s in spans if s.service == "aftershock-backend" and s.kind == SERVER]
+    assert all(s.parent_id == backend.span_id and s.kind == CLIENT for s in calls)
 
 
 def test_prompt_text_is_not_recorded(traced: tuple[Stack, OtlpReceiver]) -> None:

@@ -44,10 +44,13 @@ def traced() -> Iterator[tuple[Stack, OtlpReceiver]]:
 
 
 def _wait_for_trace(receiver: OtlpReceiver, trace_id: str, services: set[str]) -> list[ReceivedSpan]:
+    # Each service's SERVER span ends after its other spans, and a service exports its spans in
+    # the order they end: once every SERVER span is in, the trace is. Any span of a service is not
+    # enough (the backend's Redis calls or its CLIENT span arrive a batch before its own).
     def complete() -> list[ReceivedSpan]:
         spans = receiver.of_trace(trace_id)
         engine_done = any("engine.first_token" in s.events for s in spans)
-        return spans if {s.service for s in spans} >= services and engine_done else []
+        return spans if {s.service for s in spans if s.kind == SERVER} >= services and engine_done else []
 
     try:
         return wait_for(complete, 15, f"trace {trace_id} complete", every_s=0.1)
@@ -188,15 +191,7 @@ def test_a_keyed_stream_traces_its_claim_and_result_not_each_publish(
         resp = client.post(url, json=body, headers={"idempotency-key": "tr-stream"})
     assert resp.status_code == 200 and resp.text.endswith("data: [DONE]\n\n")
     trace_id = resp.headers["traceparent"].split("-")[1]
-    services = {"aftershock-edge", "aftershock-backend", "aftershock-inference"}
-
-    def every_server_span() -> list[ReceivedSpan]:
-        # A stream's server spans end with it, after the first token: wait for all three, not
-        # only for a span from each service (the backend's claim can arrive long before its own).
-        spans = receiver.of_trace(trace_id)
-        return spans if {s.service for s in spans if s.kind == SERVER} >= services else []
-
-    wait_for(every_server_span, 15, f"trace {trace_id}'s server spans", every_s=0.1)
+    _wait_for_trace(receiver, trace_id, {"aftershock-edge", "aftershock-backend", "aftershock-inference"})
     time.sleep(0.3)  # a publish ending after the finish would be exported after it
     spans = receiver.of_trace(trace_id)
     calls = [s for s in spans if s.attributes.get("db.system") == "redis"]

@@ -31,14 +31,12 @@ import json
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from aftershock import grpc_experiments  # noqa: E402
 from aftershock.stack import Stack, StackConfig  # noqa: E402
 from discard_receiver import DiscardReceiver  # noqa: E402
 from load import (  # noqa: E402
@@ -51,6 +49,7 @@ from load import (  # noqa: E402
     open_loop,
     percentile,
 )
+from overhead_configs import CONFIGS, DEFAULT_CONFIGS, config_names, export_to  # noqa: E402
 from overhead_report import Figures, derive, print_report  # noqa: E402
 from procstat import CpuWindow, StealWindow, rss_bytes  # noqa: E402
 from scrape import gc_cpu_seconds  # noqa: E402
@@ -240,54 +239,6 @@ async def _scenarios(
     return out
 
 
-def _all(env: dict[str, str]) -> dict[str, dict[str, str]]:
-    return {"inference": env, "backend": env, "edge": env}
-
-
-@dataclass
-class BenchConfig:
-    env: dict[str, dict[str, str]]
-    # A real redis-server for the backend, and a fresh Idempotency-Key on every request.
-    dedupe: bool = False
-
-
-# Filled in main(): telemetry-on needs the discard receiver's port.
-CONFIGS: dict[str, BenchConfig] = {
-    # Spans created and exported over OTLP (to a receiver that discards them), metrics on.
-    "telemetry-on": BenchConfig({}),
-    # The OpenTelemetry SDK disabled (no-op spans); Prometheus metrics stay on, as they always are.
-    "telemetry-off": BenchConfig(_all({"OTEL_SDK_DISABLED": "true"})),
-    # As telemetry-off, plus dedupe on every request (real redis-server, unique keys).
-    "dedupe-on": BenchConfig(_all({"OTEL_SDK_DISABLED": "true"}), dedupe=True),
-    # As telemetry-on, with gRPC core's own experiment defaults instead of the services'
-    # (aftershock.grpc_experiments); only when asked for: it checks that choice after an upgrade.
-    "grpc-event-engine": BenchConfig({}),
-}
-DEFAULT_CONFIGS = ("telemetry-on", "telemetry-off", "dedupe-on")
-# "base" is the configuration BENCHMARKS.md's targets are set for.
-ALIASES = {"base": "telemetry-on"}
-
-
-def _export_to(port: int) -> None:
-    """Point the configurations with telemetry on at the discarding OTLP receiver on `port`."""
-    exported = {
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
-        "OTEL_EXPORTER_OTLP_INSECURE": "true",
-    }
-    CONFIGS["telemetry-on"] = BenchConfig(_all(exported))
-    CONFIGS["grpc-event-engine"] = BenchConfig(_all({**exported, grpc_experiments.VARIABLE: ""}))
-
-
-def _config_names(arg: str) -> list[str]:
-    names = [ALIASES.get(c, c) for c in arg.split(",") if c]
-    unknown = [c for c in names if c not in CONFIGS]
-    if unknown or not names:
-        raise SystemExit(
-            f"unknown configuration {unknown}: choose from {sorted(CONFIGS)} or {sorted(ALIASES)}"
-        )
-    return list(dict.fromkeys(names))
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -320,9 +271,9 @@ def main() -> int:
     args = parser.parse_args()
     global ALLOW_ERRORS
     ALLOW_ERRORS = args.allow_errors
-    names = _config_names(args.configs)
+    names = config_names(args.configs)
     receiver = DiscardReceiver()
-    _export_to(receiver.port)
+    export_to(receiver.port)
     scale, open_s = (0.1, 2.0) if args.quick else (1.0, 20.0)
     raw: dict[str, list[Figures]] = {n: [] for n in names}
     for rnd in range(args.rounds):

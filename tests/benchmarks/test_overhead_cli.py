@@ -18,23 +18,6 @@ import overhead_report  # noqa: E402
 from load import Result, Run  # noqa: E402
 
 
-def test_config_names_accept_base_and_reject_unknown() -> None:
-    assert overhead._config_names("base") == ["telemetry-on"]
-    assert overhead._config_names("base,telemetry-on,dedupe-on") == ["telemetry-on", "dedupe-on"]
-    with pytest.raises(SystemExit):
-        overhead._config_names("nonsense")
-
-
-def test_grpc_defaults_configuration_differs_from_base_only_in_grpc_experiments() -> None:
-    overhead._export_to(4317)
-    base, grpc_defaults = overhead.CONFIGS["telemetry-on"], overhead.CONFIGS["grpc-event-engine"]
-    for service in ("inference", "backend", "edge"):
-        assert grpc_defaults.env[service] == {**base.env[service], "GRPC_EXPERIMENTS": ""}
-        assert base.env[service]["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://127.0.0.1:4317"
-    # Opt-in: the default run is the three configurations BENCHMARKS.md's figures come from.
-    assert "grpc-event-engine" not in overhead._config_names(",".join(overhead.DEFAULT_CONFIGS))
-
-
 def test_errors_stop_the_run_or_are_printed_beside_every_figure(monkeypatch: pytest.MonkeyPatch) -> None:
     run = Run([Result(0.01, 0.01, 16, 1, True), Result(0.02, 0.02, 0, 0, False, "UNAVAILABLE")])
     with pytest.raises(overhead.BenchError, match="1 of 2 requests failed"):

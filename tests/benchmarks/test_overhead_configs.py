@@ -1,0 +1,29 @@
+"""benchmarks/overhead_configs.py: the configurations overhead.py's --configs names."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+from overhead_configs import CONFIGS, DEFAULT_CONFIGS, config_names, export_to
+
+
+def test_config_names_accept_base_and_reject_unknown() -> None:
+    assert config_names("base") == ["telemetry-on"]
+    assert config_names("base,telemetry-on,dedupe-on") == ["telemetry-on", "dedupe-on"]
+    with pytest.raises(SystemExit):
+        config_names("nonsense")
+
+
+def test_grpc_defaults_configuration_differs_from_base_only_in_grpc_experiments() -> None:
+    export_to(4317)
+    base, grpc_defaults = CONFIGS["telemetry-on"], CONFIGS["grpc-event-engine"]
+    for service in ("inference", "backend", "edge"):
+        assert grpc_defaults.env[service] == {**base.env[service], "GRPC_EXPERIMENTS": ""}
+        assert base.env[service]["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://127.0.0.1:4317"
+    # Opt-in: the default run is the three configurations BENCHMARKS.md's figures come from.
+    assert "grpc-event-engine" not in config_names(",".join(DEFAULT_CONFIGS))

@@ -14,6 +14,7 @@ import pytest
 from aftershock import grpc_experiments
 from aftershock.stack import Stack
 
+from tests import CALLER_VALUE
 from tests.stack_support import running_stack
 
 # Enough messages that the pool threads' own background wake-ups (timers) are a small part.
@@ -91,7 +92,9 @@ def _switches_per_event(stack: Stack) -> float:
 
 
 @pytest.mark.e2e
-def test_services_read_their_channels_without_event_engine_threads() -> None:
+def test_services_read_their_channels_without_event_engine_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Unset, as in a user's shell (the suite chose it for itself): the `aftershock` command chooses.
+    monkeypatch.delenv(grpc_experiments.VARIABLE)
     with running_stack("test_grpc_experiments", replicas=1) as stack:
         chosen = _switches_per_event(stack)
     # The control: with gRPC's own defaults the same measure sees every read hop threads.
@@ -101,3 +104,10 @@ def test_services_read_their_channels_without_event_engine_threads() -> None:
         control = _switches_per_event(stack)
     assert control > 1.0, f"the measure did not see EventEngine reads with gRPC's defaults: {control:.2f}"
     assert chosen < 0.5, f"{chosen:.2f} EventEngine wake-ups per SSE event (gRPC's defaults: {control:.2f})"
+
+
+@pytest.mark.skipif(CALLER_VALUE is not None, reason="the caller chose the gRPC experiments")
+def test_the_suite_runs_grpc_as_the_services_do() -> None:
+    # tests/__init__.py chose before grpc was imported (choose() raises otherwise), so the
+    # in-process servers and channels run with what `aftershock` gives the services.
+    assert os.environ[grpc_experiments.VARIABLE] == grpc_experiments.DEFAULT

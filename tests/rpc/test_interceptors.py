@@ -1,5 +1,6 @@
 """The status interceptor's stream wrapper over a real gRPC hop: a stream its client abandons
-mid-way ends without an error in the log, whichever task finally closes the handler."""
+mid-way ends without an error in the log and is counted as cancelled, whichever task finally
+closes the handler."""
 
 from __future__ import annotations
 
@@ -43,6 +44,15 @@ async def test_streams_cancelled_mid_way_log_no_context_errors(caplog: pytest.Lo
             "vllm:request_success_total", {"model_name": "fast", "finished_reason": "abort"}
         )
         assert aborted == 40
+        # And every one is counted as cancelled, however its handler ended: a CancelledError where
+        # it awaited, or GeneratorExit at a yield when the finalizer closed it.
+        codes = {
+            code: registry.get_sample_value(
+                "aftershock_requests_total", {"service": "inference", "model": "fast", "code": code}
+            )
+            for code in ("OK", "CANCELLED")
+        }
+        assert codes == {"OK": None, "CANCELLED": 40}, codes
     finally:
         await channel.close()
         await inference.service.stop()

@@ -112,7 +112,10 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
             except errors.AftershockError as err:
                 code = err.code.name
                 await abort_with(context, err)
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, GeneratorExit):
+                # GeneratorExit: the call ended while this generator waited at a yield (gRPC was
+                # sending what it yielded), so the finalizer closes it; cancelled as much as a
+                # CancelledError at an await is, and never a success.
                 code = "CANCELLED"
                 raise
             except grpc.aio.AbortError:

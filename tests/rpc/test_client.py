@@ -29,7 +29,9 @@ class _LingeringServer(inference_pb2_grpc.InferenceServicer):
             yield pb.GenerateResponse(tokens=["b"], finish_reason=pb.FINISH_REASON_STOP)
             await asyncio.sleep(0.2)
             self.ended.set_result("finished")
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):
+            # GeneratorExit: the cancel landed while gRPC sent a message this handler yielded, and
+            # the handler was closed at that yield (rpc/interceptors.py counts both as CANCELLED).
             self.ended.set_result("cancelled")
             raise
 

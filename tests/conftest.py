@@ -33,9 +33,7 @@ def exposed() -> dict[str, set[str]]:
     ]
     assert classes, "no metric classes found in aftershock.metrics"
     # Every metrics port also shows the process's CPU, memory and garbage collection.
-    for family in new_registry().collect():
-        for sample in family.samples:
-            samples.setdefault(sample.name, set()).update(sample.labels)
+    registries = [new_registry()]
     for cls in classes:
         registry = CollectorRegistry()
         params = inspect.signature(cls).parameters
@@ -44,6 +42,8 @@ def exposed() -> dict[str, set[str]]:
             # A labelled metric exposes no samples until it has a child; make one of each.
             if isinstance(value, MetricWrapperBase) and value._is_parent():  # type: ignore[no-untyped-call]
                 value.labels(*["x"] * len(value._labelnames))
+        registries.append(registry)
+    for registry in registries:
         for family in registry.collect():
             for sample in family.samples:
                 samples.setdefault(sample.name, set()).update(sample.labels)

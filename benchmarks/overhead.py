@@ -1,16 +1,17 @@
 """What the edge → backend → inference path costs, measured against the inference service alone.
 
     .venv/bin/python benchmarks/overhead.py [--rounds 3] [--quick] [--configs base,telemetry-off]
-        [--allow-errors] [--rated-rps 300] [--rated-streams 100]
+        [--allow-errors]
 
 Starts real processes on free ports (aftershock.stack), runs every scenario of BENCHMARKS.md for
 each configuration, interleaving configurations round by round, prints median [min-max] per
 figure and writes the raw numbers as JSON. CPU comes from /proc/<pid>/stat (all threads) over
 each measured window, redis-server's included when dedupe is on; warm-up is excluded. The garbage
 collector's part of it (gc_cpu_ms_per_req) comes from each service's aftershock_gc_cpu_seconds_total.
-The on-minus-off deltas are printed for every figure; those of `rated_nonstream_full` and
-`rated_stream_full` compare configurations at one offered rate (--rated-rps, --rated-streams),
-where saturated figures compare them at different rates.
+The on-minus-off differences are printed for every figure, for reference only: saturated loops
+run each configuration at its own rate, and CPU per request falls as the rate rises. The deltas
+BENCHMARKS.md sets targets on come from benchmarks/deltas.py, which offers every configuration
+one rate in one window.
 
 A failed request stops the run, unless --allow-errors: then CPU is still divided by every request
 sent and each figure is printed beside its scenario's error count. "Added latency" compares
@@ -46,7 +47,6 @@ from load import (  # noqa: E402
     Send,
     closed_loop,
     interleaved_open_loops,
-    open_loop,
     percentile,
 )
 from overhead_configs import CONFIGS, DEFAULT_CONFIGS, config_names, export_to  # noqa: E402
@@ -56,11 +56,6 @@ from scrape import gc_cpu_seconds  # noqa: E402
 
 Load = Callable[[Send], Awaitable[Run]]  # a closed or open loop over one target's send
 OPEN_RPS = 50.0  # BENCHMARKS.md's fixed Poisson rate for added latency and TTFT
-# The deltas' common rate: ~75% of the slowest configuration's saturated full path here (telemetry
-# on, ~400 req/s), so every configuration keeps up and none idles between wake-ups.
-RATED_RPS = 300.0
-# The same for 64-token streams: ~60% of the slowest configuration's saturated ~160 streams/s.
-RATED_STREAMS = 100.0
 
 
 class BenchError(RuntimeError):
@@ -105,9 +100,7 @@ def _generator_heap_frozen() -> Iterator[None]:
         gc.unfreeze()
 
 
-async def _scenarios(
-    stack: Stack, scale: float, open_s: float, rated_rps: float, rated_streams: float
-) -> Figures:
+async def _scenarios(stack: Stack, scale: float, open_s: float) -> Figures:
     assert stack.edge and stack.backend
     inf = stack.inference[0]
     pids = {"edge": stack.edge.popen.pid, "backend": stack.backend.popen.pid, "inference": inf.popen.pid}
@@ -161,22 +154,6 @@ async def _scenarios(
             lambda send: closed_loop(send, concurrency, total),
         )
 
-    async def at_rate(name: str, make: Callable[[], Any], rate: float) -> None:
-        """Poisson arrivals at `rate` for open_s (after up to 2 s of them): latency from each
-        scheduled arrival, and CPU per request and per token at that rate."""
-        await windowed(
-            name,
-            make,
-            lambda send: open_loop(send, rate, min(2.0, open_s / 2)),
-            lambda send: open_loop(send, rate, open_s),
-        )
-        if out[f"{name}.rps"] < 0.9 * rate:
-            # Then this configuration was saturated, and its figure is not at the common rate.
-            print(
-                f"warning: {name} kept up with {out[f'{name}.rps']:.0f} of {rate:.0f} req/s", file=sys.stderr
-            )
-        out[f"{name}.offered_rps"] = rate
-
     async def interleaved(targets: dict[str, Any]) -> None:
         """OPEN_RPS Poisson arrivals at each target in turn (interleaved_open_loops), open_s each
         after a short warm-up; latency from each scheduled arrival."""
@@ -219,18 +196,7 @@ async def _scenarios(
                 f"open_{kind}_full": HttpTarget(stack.edge_url, "bench-zero", tokens, stream, 128),
             }
         )
-    # 5. The deltas at one offered rate. Saturated closed loops reach different rates per
-    # configuration (telemetry off: ~700 req/s, on: ~400) and CPU per request falls as the rate
-    # rises (more work per event-loop wake-up), so a saturated on-minus-off difference holds a
-    # throughput effect besides telemetry's own cost. Every configuration is offered the same
-    # rate here, high enough that wake-ups do not dominate (as they do at 50 req/s).
-    await at_rate(
-        "rated_nonstream_full", lambda: HttpTarget(stack.edge_url, "bench-zero", 16, False, 128), rated_rps
-    )
-    # The same for streams (max_tokens=64, as saturated), for the per-token deltas.
-    await at_rate(
-        "rated_stream_full", lambda: HttpTarget(stack.edge_url, "bench-zero", 64, True, 128), rated_streams
-    )
+    # 5. The deltas at one offered rate: benchmarks/deltas.py, every configuration in one window.
     # 6. Peak RSS over the whole run (VmHWM: the high-water mark).
     for proc, pid in pids.items():
         if proc == "redis":
@@ -249,18 +215,6 @@ def main() -> int:
         "--configs",
         default=",".join(DEFAULT_CONFIGS),
         help=f"comma list of {sorted(CONFIGS)} (base: telemetry-on)",
-    )
-    parser.add_argument(
-        "--rated-rps",
-        type=float,
-        default=RATED_RPS,
-        help="the one rate every configuration is offered for the deltas (rated_nonstream_full)",
-    )
-    parser.add_argument(
-        "--rated-streams",
-        type=float,
-        default=RATED_STREAMS,
-        help="streams per second every configuration is offered for the per-token deltas (rated_stream_full)",
     )
     parser.add_argument("--out", type=Path, default=Path("reports/bench"))
     parser.add_argument(
@@ -291,9 +245,7 @@ def main() -> int:
             with Stack(config) as stack:
                 stack.start()
                 try:
-                    figures = asyncio.run(
-                        _scenarios(stack, scale, open_s, args.rated_rps, args.rated_streams)
-                    )
+                    figures = asyncio.run(_scenarios(stack, scale, open_s))
                 except BenchError as exc:
                     receiver.stop()
                     print(f"benchmark stopped, {name} round {rnd + 1}: {exc}", file=sys.stderr)

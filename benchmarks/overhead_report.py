@@ -25,19 +25,19 @@ def derive(f: Figures) -> Figures:
         f["open_stream_backend.ttft_p50_ms"] - f["open_stream_direct.ttft_p50_ms"]
     )
     d["stream_tokens_per_s_ratio"] = f["stream_full.tokens_per_s"] / f["stream_direct.tokens_per_s"]
-    for scen in ("nonstream_full", "rated_nonstream_full"):
-        # What a request costs all three services (and redis-server, when dedupe is on).
-        d[f"{scen}.cpu_ms_per_req.all"] = sum(
-            f.get(f"{scen}.cpu_ms_per_req.{proc}", 0.0) for proc in ("edge", "backend", "inference", "redis")
-        )
-        d[f"{scen}.gc_cpu_ms_per_req.all"] = sum(
-            f[f"{scen}.gc_cpu_ms_per_req.{proc}"] for proc in ("edge", "backend", "inference")
-        )
-    for scen in ("nonstream_full", "stream_full", "paced_full", "rated_stream_full"):
+    # What a request costs all three services (and redis-server, when dedupe is on).
+    d["nonstream_full.cpu_ms_per_req.all"] = sum(
+        f.get(f"nonstream_full.cpu_ms_per_req.{proc}", 0.0)
+        for proc in ("edge", "backend", "inference", "redis")
+    )
+    d["nonstream_full.gc_cpu_ms_per_req.all"] = sum(
+        f[f"nonstream_full.gc_cpu_ms_per_req.{proc}"] for proc in ("edge", "backend", "inference")
+    )
+    for scen in ("nonstream_full", "stream_full", "paced_full"):
         unit = "cpu_ms_per_req" if scen == "nonstream_full" else "cpu_us_per_token"
         d[f"{scen}.{unit}.edge+backend"] = f[f"{scen}.{unit}.edge"] + f[f"{scen}.{unit}.backend"]
         # In every configuration (no redis-server: none of its CPU), so that the dedupe-on minus
-        # telemetry-off deltas include the figure BENCHMARKS.md sets the dedupe target on.
+        # telemetry-off differences count redis-server's share of a keyed request.
         d[f"{scen}.{unit}.edge+backend+redis"] = d[f"{scen}.{unit}.edge+backend"] + f.get(
             f"{scen}.{unit}.redis", 0.0
         )
@@ -66,7 +66,11 @@ def print_report(raw: dict[str, list[Figures]]) -> None:
             print(f"{key:48s} {fmt([r[key] for r in raw[name]])}{errors_beside(key, raw[name])}")
     for a_name, b_name in PAIRS:
         if a_name in raw and b_name in raw:
-            print(f"\n== {a_name} minus {b_name}: median [min - max] of per-round differences")
+            # Saturated loops run each configuration at its own rate: deltas.py has the fair ones.
+            print(
+                f"\n== {a_name} minus {b_name}: median [min - max] of per-round differences"
+                " (each at its own saturated rate; benchmarks/deltas.py compares them at one rate)"
+            )
             for key in sorted(set(raw[a_name][0]) & set(raw[b_name][0])):
                 if "cpu" in key or key.endswith(("p50_ms", "p99_ms")):
                     diffs = [a[key] - b[key] for a, b in zip(raw[a_name], raw[b_name], strict=True)]

@@ -1,0 +1,104 @@
+"""benchmarks/deltas.py: its arithmetic, its verdicts, and a short run the way a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import deltas  # noqa: E402
+from load import Result, Run  # noqa: E402
+
+
+def _run(n: int, tokens: int, failed: int = 0) -> Run:
+    ok = [Result(0.01, 0.01, tokens, 1, True) for _ in range(n - failed)]
+    return Run(ok + [Result(0.01, 0.01, 0, 0, False, "UNAVAILABLE") for _ in range(failed)])
+
+
+def test_idle_time_off_turn_is_taken_out_and_failures_still_divide() -> None:
+    # 1.2 s spent over the window, idle at 0.1 s/s during 2 s of other stacks' turns: 1.0 s busy.
+    spent = {"edge": 1.2, "backend": 0.5, "inference": 0.5}
+    idle = {"edge": 0.1, "backend": 0.0, "inference": 0.0}
+    f = deltas.figures_of("nonstream", _run(1000, 16, failed=10), spent, idle, off_turn_s=2.0)
+    assert f["nonstream.cpu_ms_per_req.edge"] == pytest.approx(1.0)  # 1.0 s / 1000 requests sent
+    assert f["nonstream.cpu_ms_per_req.all"] == pytest.approx(2.0)
+    assert f["nonstream.errors"] == 10
+    s = deltas.figures_of(
+        "stream",
+        _run(10, 64),
+        {"edge": 0.0064, "backend": 0, "inference": 0, "redis": 0.00064},
+        {"edge": 0, "backend": 0, "inference": 0, "redis": 0},
+        0.0,
+    )
+    assert s["stream.cpu_us_per_token.edge"] == pytest.approx(10.0)
+    assert s["stream.cpu_us_per_token.edge+backend+redis"] == pytest.approx(11.0)
+
+
+def _window(on: float, off: float, dedupe: float) -> dict[str, deltas.Figures]:
+    def figures(v: float) -> deltas.Figures:
+        return {
+            "nonstream.cpu_ms_per_req.all": v,
+            "stream.cpu_us_per_token.edge+backend+redis": v * 30,
+            "nonstream.errors": 0.0,
+        }
+
+    return {"telemetry-on": figures(on), "telemetry-off": figures(off), "dedupe-on": figures(dedupe)}
+
+
+def test_deltas_are_paired_per_window_and_judged_against_the_targets() -> None:
+    # Window 2 is slower for every stack; paired differences do not see it.
+    windows = [_window(2.5, 2.0, 2.9), _window(3.5, 3.0, 3.9), _window(2.6, 2.0, 3.0)]
+    assert deltas.differences(windows)["telemetry-on"]["nonstream.cpu_ms_per_req.all"] == pytest.approx(
+        [0.5, 0.5, 0.6]
+    )
+    lines: list[str] = []
+    assert deltas.report(windows, lines.append)
+    verdicts = [line for line in lines if line.endswith(("met", "missed"))]
+    assert verdicts[0].endswith("0.500 (target <= 0.8) met")
+    assert verdicts[1].endswith("0.900 (target <= 1.0) met")
+    assert verdicts[2].endswith("27.000 (target <= 30.0) met")
+    # The negative control: the same figures over their targets are missed.
+    lines.clear()
+    deltas.report([_window(3.0, 2.0, 3.2)], lines.append)
+    assert [line.rsplit(" ", 1)[1] for line in lines if line.endswith(("met", "missed"))] == ["missed"] * 3
+
+
+def test_a_failed_request_is_reported_and_fails_the_run() -> None:
+    windows = [_window(2.5, 2.0, 2.9)]
+    windows[0]["dedupe-on"]["nonstream.errors"] = 3.0
+    lines: list[str] = []
+    assert not deltas.report(windows, lines.append)
+    assert any("3 requests failed: every figure above counts them" in line for line in lines)
+
+
+@pytest.mark.e2e
+def test_quick_run_measures_every_configuration_in_one_window(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "deltas.py"), "--quick", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "platform")},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "telemetry-on - telemetry-off nonstream.cpu_ms_per_req.all" in proc.stdout
+    (raw,) = tmp_path.glob("deltas-*.json")
+    (window,) = json.loads(raw.read_text())["windows"]
+    assert set(window) == {"telemetry-on", "telemetry-off", "dedupe-on"}
+    for name, figures in window.items():
+        assert figures["nonstream.errors"] == figures["stream.errors"] == 0
+        assert figures["nonstream.requests"] > 0 and figures["stream.requests"] > 0
+        assert figures["nonstream.cpu_ms_per_req.edge"] > 0
+        assert ("nonstream.cpu_ms_per_req.redis" in figures) == (name == "dedupe-on")
+        # Each request tokens as asked: 16 per non-streamed reply, 64 per stream, counted from them.
+        assert figures["nonstream.tokens_per_request"] == 16
+        assert figures["stream.tokens_per_request"] == 64
+    # Only the dedupe stack's requests were keyed, and keyed requests cost redis-server its calls.
+    assert window["dedupe-on"]["nonstream.cpu_ms_per_req.redis"] > 0.05

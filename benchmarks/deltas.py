@@ -10,7 +10,8 @@ saturated loops read +0.45. Here the stacks of telemetry-on, telemetry-off and d
 at once and take turns of one second at the offered rate, in a fresh random order every cycle
 (load.interleaved_open_loops), so a slow stretch of the machine falls on all of them. Each stack's
 CPU (all threads, redis-server's for dedupe) is read over the whole window, less what it spends
-idle while the others have their turn (its idle rate, measured just before), and divided by the
+idle while the others have their turn (its idle rate, measured over 10 s with all stacks idle; the
+clock ticks are 10 ms, so a short measurement would be mostly rounding), and divided by the
 requests it served. Before the first window every stack serves the saturated loops overhead.py
 runs first (keyed, for dedupe), so none is measured fresh. Each window gives one paired
 difference; the report prints their median [min - max] beside BENCHMARKS.md's targets. A failed
@@ -59,12 +60,18 @@ def processes(stack: Stack) -> dict[str, int]:
     return pids
 
 
-def idle_rates(pids: dict[str, int], seconds: float) -> dict[str, float]:
+def idle_rates(stacks: dict[str, Stack], seconds: float) -> dict[str, dict[str, float]]:
     """CPU seconds per second each process spends with no load (probes, metrics, timers)."""
-    window = CpuWindow(pids)
+    window = CpuWindow(
+        {f"{name}/{proc}": pid for name, s in stacks.items() for proc, pid in processes(s).items()}
+    )
     window.start()
     time.sleep(seconds)
-    return {key: spent / seconds for key, spent in window.stop().items()}
+    rates: dict[str, dict[str, float]] = {name: {} for name in stacks}
+    for key, spent in window.stop().items():
+        name, proc = key.split("/", 1)
+        rates[name][proc] = spent / seconds
+    return rates
 
 
 def figures_of(
@@ -140,10 +147,9 @@ async def load_first(stacks: dict[str, Stack], scale: float) -> None:
 
 
 def measure(
-    stacks: dict[str, Stack], rates: dict[str, float], seconds: float, idle_s: float
+    stacks: dict[str, Stack], rates: dict[str, float], seconds: float, idle: dict[str, dict[str, float]]
 ) -> dict[str, Figures]:
     """One window per scenario; every stack's figures."""
-    idle = {name: idle_rates(processes(s), idle_s) for name, s in stacks.items()}
     merged: dict[str, Figures] = {name: {} for name in stacks}
     for scenario, rate in rates.items():
         for name, figures in asyncio.run(window(stacks, scenario, rate, seconds, idle)).items():
@@ -210,7 +216,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("reports/bench"))
     args = parser.parse_args()
     windows, seconds, idle_s, scale = (
-        (1, 2.0, 0.5, 0.1) if args.quick else (args.windows, args.seconds, 3.0, 1.0)
+        (1, 2.0, 1.0, 0.1) if args.quick else (args.windows, args.seconds, 10.0, 1.0)
     )
     receiver = DiscardReceiver()
     export_to(receiver.port)
@@ -230,12 +236,13 @@ def main() -> int:
                 stacks[name].start()
             asyncio.run(load_first(stacks, scale))
             rates = {"nonstream": args.rated_rps, "stream": args.rated_streams}
-            results = [measure(stacks, rates, seconds, idle_s) for _ in range(windows)]
+            idle = idle_rates(stacks, idle_s)
+            results = [measure(stacks, rates, seconds, idle) for _ in range(windows)]
     finally:
         receiver.stop()
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"deltas-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps({"windows": results, "quick": args.quick}, indent=1))
+    path.write_text(json.dumps({"windows": results, "idle_cpu_s_per_s": idle, "quick": args.quick}, indent=1))
     clean = report(results)
     print(f"\nraw results: {path}")
     return 0 if clean else 1

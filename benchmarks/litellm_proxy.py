@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -12,9 +13,30 @@ ROOT = Path(__file__).resolve().parent.parent
 LITELLM_VERSION = "1.106.2"
 
 
+def constraints(version: str) -> Path:
+    """Every package of `version`'s environment, pinned (benchmarks/litellm-<version>.constraints.txt)."""
+    return ROOT / "benchmarks" / f"litellm-{version}.constraints.txt"
+
+
+def install_args(version: str) -> list[str]:
+    """pip's arguments: the version, and its whole environment pinned where a file lists it."""
+    pinned = constraints(version)
+    if not pinned.exists():
+        print(f"warning: no {pinned.name}: litellm's dependencies float with the index", file=sys.stderr)
+        return ["install", "-q", f"litellm[proxy]=={version}"]
+    return ["install", "-q", "-c", str(pinned), f"litellm[proxy]=={version}"]
+
+
+def env_dir(version: str) -> Path:
+    """.bench/litellm-<version>[-<pins' hash>]: an environment made from other pins is not reused."""
+    pinned = constraints(version)
+    tag = f"-{hashlib.sha256(pinned.read_bytes()).hexdigest()[:8]}" if pinned.exists() else ""
+    return ROOT / ".bench" / f"litellm-{version}{tag}"
+
+
 def litellm_bin(version: str, log: Path) -> Path:
     """The pinned LiteLLM proxy, installed into .bench/ when missing."""
-    venv = ROOT / ".bench" / f"litellm-{version}"
+    venv = env_dir(version)
     exe = venv / "bin" / "litellm"
     if usable(exe):
         return exe
@@ -26,7 +48,7 @@ def litellm_bin(version: str, log: Path) -> Path:
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     with log.open("ab") as out:
         subprocess.run(
-            [str(venv / "bin" / "pip"), "install", "-q", f"litellm[proxy]=={version}"],
+            [str(venv / "bin" / "pip"), *install_args(version)],
             check=True,
             stdout=out,
             stderr=out,

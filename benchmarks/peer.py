@@ -17,8 +17,9 @@ arrived together as one event (Aftershock does; events/req shows it). Streamed p
 writes one event every --itl-ms (10 ms), as a model server generating tokens does, so every event
 is relayed on its own: the per-chunk cost of each relay.
 
-LiteLLM is installed on first use into its own environment, .bench/litellm-<version> (git-ignored),
-with the pinned version, so the benchmark never touches the project's venv.
+LiteLLM is installed on first use into its own environment under .bench/ (git-ignored), at the
+pinned version with every dependency pinned too (benchmarks/litellm-<version>.constraints.txt), so
+the yardstick stays the same between installs and the benchmark never touches the project's venv.
 """
 
 from __future__ import annotations

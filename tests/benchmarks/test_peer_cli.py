@@ -55,3 +55,20 @@ def test_a_litellm_env_made_elsewhere_is_not_used(tmp_path: Path) -> None:
     assert litellm_proxy.usable(script)
     script.write_text(f"#!{tmp_path / 'gone' / 'bin' / 'python3'}\nprint('hi')\n")
     assert not litellm_proxy.usable(script)
+
+
+def test_the_peer_is_installed_with_its_whole_environment_pinned() -> None:
+    """litellm's own pin let its dependencies float: the yardstick moved between installs."""
+    version = litellm_proxy.LITELLM_VERSION
+    args = litellm_proxy.install_args(version)
+    assert args[args.index("-c") + 1] == str(litellm_proxy.constraints(version))
+    pins = {
+        line.split("==")[0].lower(): line.split("==")[1]
+        for line in litellm_proxy.constraints(version).read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    }
+    assert pins["litellm"] == version
+    assert {"fastapi", "uvicorn", "httpx", "openai", "pydantic"} <= set(pins)
+    # An environment made from other pins (or none) is another directory, never reused.
+    assert litellm_proxy.env_dir(version).name.startswith(f"litellm-{version}-")
+    assert litellm_proxy.env_dir("0.0.0").name == "litellm-0.0.0"

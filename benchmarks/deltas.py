@@ -33,10 +33,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from aftershock.stack import Stack, StackConfig  # noqa: E402
+from aftershock.stack import Stack  # noqa: E402
 from discard_receiver import DiscardReceiver  # noqa: E402
 from load import HttpTarget, Run, closed_loop, interleaved_open_loops  # noqa: E402
-from overhead_configs import CONFIGS, DEFAULT_CONFIGS, export_to  # noqa: E402
+from overhead_configs import CONFIGS, DEFAULT_CONFIGS, export_to, stack_config  # noqa: E402
 from procstat import CpuWindow  # noqa: E402
 
 Figures = dict[str, float]
@@ -224,14 +224,7 @@ def main() -> int:
         with contextlib.ExitStack() as running:
             stacks: dict[str, Stack] = {}
             for name in DEFAULT_CONFIGS:
-                bench = CONFIGS[name]
-                config = StackConfig(
-                    replicas=1,
-                    models_file=HERE / "models.yaml",
-                    env=bench.env,
-                    log_dir=args.out / "logs" / f"deltas-{name}",
-                    redis=bench.dedupe,
-                )
+                config = stack_config(name, args.out / "logs" / f"deltas-{name}")
                 stacks[name] = running.enter_context(Stack(config))
                 stacks[name].start()
             asyncio.run(load_first(stacks, scale))

@@ -38,7 +38,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from aftershock.stack import Stack, StackConfig  # noqa: E402
+from aftershock.stack import Stack  # noqa: E402
 from discard_receiver import DiscardReceiver  # noqa: E402
 from load import (  # noqa: E402
     GrpcTarget,
@@ -49,7 +49,7 @@ from load import (  # noqa: E402
     interleaved_open_loops,
     percentile,
 )
-from overhead_configs import CONFIGS, DEFAULT_CONFIGS, config_names, export_to  # noqa: E402
+from overhead_configs import CONFIGS, DEFAULT_CONFIGS, config_names, export_to, stack_config  # noqa: E402
 from overhead_report import Figures, derive, print_report  # noqa: E402
 from procstat import CpuWindow, StealWindow, rss_bytes  # noqa: E402
 from scrape import gc_cpu_seconds  # noqa: E402
@@ -232,17 +232,9 @@ def main() -> int:
     raw: dict[str, list[Figures]] = {n: [] for n in names}
     for rnd in range(args.rounds):
         for name in names:  # interleave configurations round by round
-            bench = CONFIGS[name]
-            config = StackConfig(
-                replicas=1,
-                models_file=HERE / "models.yaml",
-                env=bench.env,
-                log_dir=args.out / "logs" / f"{name}-{rnd}",
-                redis=bench.dedupe,
-            )
             started = time.monotonic()
-            HttpTarget.idempotency_prefix = f"bench-{rnd}" if bench.dedupe else None
-            with Stack(config) as stack:
+            HttpTarget.idempotency_prefix = f"bench-{rnd}" if CONFIGS[name].dedupe else None
+            with Stack(stack_config(name, args.out / "logs" / f"{name}-{rnd}")) as stack:
                 stack.start()
                 try:
                     figures = asyncio.run(_scenarios(stack, scale, open_s))

@@ -4,8 +4,12 @@ and whether dedupe is on. Named on its command line (--configs)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from aftershock import grpc_experiments
+from aftershock.stack import StackConfig
+
+MODELS = Path(__file__).resolve().parent / "models.yaml"
 
 
 def all_services(env: dict[str, str]) -> dict[str, dict[str, str]]:
@@ -55,3 +59,10 @@ def config_names(arg: str) -> list[str]:
             f"unknown configuration {unknown}: choose from {sorted(CONFIGS)} or {sorted(ALIASES)}"
         )
     return list(dict.fromkeys(names))
+
+
+def stack_config(name: str, log_dir: Path) -> StackConfig:
+    """The stack configuration `name` runs on: one sim replica serving the benchmark's models, with
+    its environment, and a redis-server when dedupe is on."""
+    bench = CONFIGS[name]
+    return StackConfig(replicas=1, models_file=MODELS, env=bench.env, log_dir=log_dir, redis=bench.dedupe)

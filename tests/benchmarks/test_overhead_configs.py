@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from overhead_configs import CONFIGS, DEFAULT_CONFIGS, config_names, export_to
+from overhead_configs import CONFIGS, DEFAULT_CONFIGS, config_names, export_to, stack_config
 
 
 def test_config_names_accept_base_and_reject_unknown() -> None:
@@ -27,3 +27,14 @@ def test_grpc_defaults_configuration_differs_from_base_only_in_grpc_experiments(
         assert base.env[service]["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://127.0.0.1:4317"
     # Opt-in: the default run is the three configurations BENCHMARKS.md's figures come from.
     assert "grpc-event-engine" not in config_names(",".join(DEFAULT_CONFIGS))
+
+
+def test_each_configuration_runs_on_its_own_stack(tmp_path: Path) -> None:
+    """overhead.py and deltas.py start the same stack for a configuration name."""
+    for name in DEFAULT_CONFIGS:
+        config = stack_config(name, tmp_path / name)
+        assert config.redis == (name == "dedupe-on")
+        assert config.env == CONFIGS[name].env
+        assert config.replicas == 1 and config.log_dir == tmp_path / name
+        assert config.models_file is not None and config.models_file.name == "models.yaml"
+        assert config.models_file.exists()

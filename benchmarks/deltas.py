@@ -84,6 +84,8 @@ def figures_of(
     out[f"{scenario}.requests"] = float(len(run.results))
     out[f"{scenario}.rps"] = len(run.results) / run.wall_s if run.wall_s else 0.0
     out[f"{scenario}.tokens_per_request"] = tokens / max(1, len(run.results))
+    # Per-token CPU moves with how many tokens each SSE event carries, so print it beside them.
+    out[f"{scenario}.messages_per_request"] = sum(r.messages for r in run.results) / max(1, len(run.results))
     for proc, s in spent.items():  # what was taken out as idle, to read beside the figures
         out[f"{scenario}.idle_cpu_s.{proc}"] = s - busy[proc]
     if scenario == "nonstream":

@@ -17,8 +17,8 @@ import deltas  # noqa: E402
 from load import Result, Run  # noqa: E402
 
 
-def _run(n: int, tokens: int, failed: int = 0) -> Run:
-    ok = [Result(0.01, 0.01, tokens, 1, True) for _ in range(n - failed)]
+def _run(n: int, tokens: int, failed: int = 0, messages: int = 1) -> Run:
+    ok = [Result(0.01, 0.01, tokens, messages, True) for _ in range(n - failed)]
     return Run(ok + [Result(0.01, 0.01, 0, 0, False, "UNAVAILABLE") for _ in range(failed)])
 
 
@@ -32,13 +32,14 @@ def test_idle_time_off_turn_is_taken_out_and_failures_still_divide() -> None:
     assert f["nonstream.errors"] == 10
     s = deltas.figures_of(
         "stream",
-        _run(10, 64),
+        _run(10, 64, messages=5),
         {"edge": 0.0064, "backend": 0, "inference": 0, "redis": 0.00064},
         {"edge": 0, "backend": 0, "inference": 0, "redis": 0},
         0.0,
     )
     assert s["stream.cpu_us_per_token.edge"] == pytest.approx(10.0)
     assert s["stream.cpu_us_per_token.edge+backend+redis"] == pytest.approx(11.0)
+    assert s["stream.messages_per_request"] == 5  # SSE events per stream, beside the per-token figures
 
 
 def _window(on: float, off: float, dedupe: float) -> dict[str, deltas.Figures]:
@@ -100,5 +101,8 @@ def test_quick_run_measures_every_configuration_in_one_window(tmp_path: Path) ->
         # Each request tokens as asked: 16 per non-streamed reply, 64 per stream, counted from them.
         assert figures["nonstream.tokens_per_request"] == 16
         assert figures["stream.tokens_per_request"] == 64
+        # SSE data events per stream, printed beside the per-token figures they move.
+        assert figures["nonstream.messages_per_request"] == 1
+        assert 1 <= figures["stream.messages_per_request"] <= 65
     # Only the dedupe stack's requests were keyed, and keyed requests cost redis-server its calls.
     assert window["dedupe-on"]["nonstream.cpu_ms_per_req.redis"] > 0.05

@@ -1,7 +1,7 @@
 """The telemetry and dedupe deltas, every configuration measured in the same window.
 
     PYTHONPATH=$PWD/platform .venv/bin/python benchmarks/deltas.py [--windows 3] [--seconds 20]
-        [--rated-rps 300] [--rated-streams 100] [--quick] [--out reports/bench]
+        [--rated-rps 300] [--rated-streams 100] [--quick] [--also CONFIG,...] [--out reports/bench]
 
 overhead.py measures each configuration on its own stack, minutes after the last one. At 300
 req/s a service's CPU per request moves more between such windows on this VM than telemetry
@@ -36,7 +36,7 @@ sys.path.insert(0, str(HERE))
 from aftershock.stack import Stack  # noqa: E402
 from discard_receiver import DiscardReceiver  # noqa: E402
 from load import HttpTarget, Run, closed_loop, interleaved_open_loops  # noqa: E402
-from overhead_configs import CONFIGS, DEFAULT_CONFIGS, export_to, stack_config  # noqa: E402
+from overhead_configs import CONFIGS, DEFAULT_CONFIGS, config_names, export_to, stack_config  # noqa: E402
 from procstat import CpuWindow  # noqa: E402
 
 Figures = dict[str, float]
@@ -215,6 +215,9 @@ def main() -> int:
     parser.add_argument("--rated-rps", type=float, default=300.0)
     parser.add_argument("--rated-streams", type=float, default=100.0)
     parser.add_argument("--quick", action="store_true", help="one short window (smoke test)")
+    parser.add_argument(
+        "--also", default="", help="more configurations in the same windows, e.g. telemetry-instrumentor"
+    )
     parser.add_argument("--out", type=Path, default=Path("reports/bench"))
     args = parser.parse_args()
     windows, seconds, idle_s, scale = (
@@ -227,7 +230,7 @@ def main() -> int:
     try:
         with contextlib.ExitStack() as running:
             stacks: dict[str, Stack] = {}
-            for name in DEFAULT_CONFIGS:
+            for name in config_names(",".join((*DEFAULT_CONFIGS, args.also))):
                 config = stack_config(name, args.out / "logs" / f"deltas-{name}")
                 stacks[name] = running.enter_context(Stack(config))
                 stacks[name].start()

@@ -34,6 +34,9 @@ CONFIGS: dict[str, BenchConfig] = {
     # As telemetry-on, with gRPC core's own experiment defaults instead of the services'
     # (aftershock.grpc_experiments); only when asked for: it checks that choice after an upgrade.
     "grpc-event-engine": BenchConfig({}),
+    # As telemetry-on, with FastAPIInstrumentor making the edge's HTTP span instead of the edge's
+    # own middleware (aftershock.edge.http_spans); only when asked for.
+    "telemetry-instrumentor": BenchConfig({}),
 }
 DEFAULT_CONFIGS = ("telemetry-on", "telemetry-off", "dedupe-on")
 # "base" is the configuration BENCHMARKS.md's targets are set for.
@@ -48,6 +51,8 @@ def export_to(port: int) -> None:
     }
     CONFIGS["telemetry-on"] = BenchConfig(all_services(exported))
     CONFIGS["grpc-event-engine"] = BenchConfig(all_services({**exported, grpc_experiments.VARIABLE: ""}))
+    instrumentor = {**exported, "AFTERSHOCK_EDGE_HTTP_TRACING": "instrumentor"}
+    CONFIGS["telemetry-instrumentor"] = BenchConfig({**all_services(exported), "edge": instrumentor})
 
 
 def config_names(arg: str) -> list[str]:

@@ -29,6 +29,15 @@ def test_grpc_defaults_configuration_differs_from_base_only_in_grpc_experiments(
     assert "grpc-event-engine" not in config_names(",".join(DEFAULT_CONFIGS))
 
 
+def test_instrumentor_configuration_differs_from_base_only_at_the_edge() -> None:
+    export_to(4317)
+    base, instrumentor = CONFIGS["telemetry-on"], CONFIGS["telemetry-instrumentor"]
+    assert instrumentor.env["edge"] == {**base.env["edge"], "AFTERSHOCK_EDGE_HTTP_TRACING": "instrumentor"}
+    assert instrumentor.env["backend"] == base.env["backend"]
+    assert instrumentor.env["inference"] == base.env["inference"]
+    assert "telemetry-instrumentor" not in DEFAULT_CONFIGS
+
+
 def test_each_configuration_runs_on_its_own_stack(tmp_path: Path) -> None:
     """overhead.py and deltas.py start the same stack for a configuration name."""
     for name in DEFAULT_CONFIGS:

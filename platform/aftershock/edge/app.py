@@ -12,6 +12,7 @@ import grpc
 import orjson
 from fastapi import FastAPI
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from opentelemetry.trace import TracerProvider
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -24,13 +25,15 @@ from aftershock.edge.auth import Authenticator
 from aftershock.edge.backend_client import BackendClient
 from aftershock.edge.completions import CompletionHandler
 from aftershock.edge.endpoints import CHAT_COMPLETIONS, COMPLETIONS
+from aftershock.edge.http_spans import ServerSpans
 from aftershock.edge.ratelimit import RateLimiter
 from aftershock.edge.requests import request_id_of
-from aftershock.edge.settings import EdgeSettings
+from aftershock.edge.settings import EdgeSettings, HttpTracing
 from aftershock.metrics import EdgeMetrics
 
 log = logging.getLogger(__name__)
 JSON = "application/json"
+PROBES = ("/healthz", "/readyz")
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -67,11 +70,6 @@ def create_app(
 
     # FastAPI's generated document would describe raw Request handlers; openapi.py writes the real one.
     app = FastAPI(title="Aftershock edge", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
-    if not tracing.disabled():
-        # One SERVER span per request; without exclude_spans the instrumentor adds a span per SSE chunk.
-        FastAPIInstrumentor.instrument_app(
-            app, excluded_urls="healthz,readyz", exclude_spans=["send", "receive"]
-        )
 
     @app.post(CHAT_COMPLETIONS.path)
     async def chat_completions(request: Request) -> Response:
@@ -132,4 +130,21 @@ def create_app(
         metrics.http_responses_total.labels(str(err.status)).inc()
         return err.response({"x-request-id": request_id})
 
+    if not tracing.disabled():
+        trace_http(app, settings.http_tracing)
     return app
+
+
+def trace_http(app: FastAPI, maker: HttpTracing, tracer_provider: TracerProvider | None = None) -> None:
+    """One SERVER span per request, none for the probes; call it once the routes are in place."""
+    if maker == "instrumentor":
+        # Without exclude_spans the instrumentor adds a span per SSE chunk.
+        FastAPIInstrumentor.instrument_app(
+            app,
+            tracer_provider=tracer_provider,
+            excluded_urls="healthz,readyz",
+            exclude_spans=["send", "receive"],
+        )
+        return
+    routes = [path for route in app.routes if isinstance(path := getattr(route, "path", None), str)]
+    app.add_middleware(ServerSpans, routes=routes, excluded=PROBES, tracer_provider=tracer_provider)

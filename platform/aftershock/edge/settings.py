@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from aftershock.edge.api_keys import AuthConfig
 from aftershock.edge.ratelimit import RateLimitConfig
+
+HttpTracing = Literal["edge", "instrumentor"]
 
 
 class EdgeSettings(BaseSettings):
@@ -60,6 +63,9 @@ class EdgeSettings(BaseSettings):
     keep_alive_s: int = Field(75, gt=0)
     log_level: str = "INFO"
     log_content: bool = False
+    # Who makes the HTTP SERVER span: the edge's own middleware (http_spans.py), or
+    # opentelemetry-instrumentation-fastapi's, for its hooks, header capture and HTTP metrics.
+    http_tracing: HttpTracing = "edge"
 
     def auth_config(self) -> AuthConfig:
         configured = self.api_keys_file is not None or self.api_keys is not None

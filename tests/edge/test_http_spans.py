@@ -22,6 +22,22 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+SDK_AND_PROXY_HEADERS = {
+    "traceparent": PARENT,
+    "baggage": "tenant=a",
+    "user-agent": "OpenAI/Python 1.99.0",
+    "x-stainless-lang": "python",
+    "x-stainless-retry-count": "0",
+    "authorization": "Bearer sk-x",
+    "accept": "application/json",
+    "x-forwarded-for": "203.0.113.9, 10.0.0.1",
+    "x-forwarded-proto": "https",
+    "x-forwarded-host": "api.example.com",
+    "forwarded": "for=203.0.113.9;proto=https",
+    "x-real-ip": "203.0.113.9",
+    "x-request-id": "req-1",
+    "idempotency-key": "k-1",
+}
 
 
 def traced_app(maker: HttpTracing) -> tuple[FastAPI, InMemorySpanExporter]:
@@ -89,6 +105,9 @@ REQUESTS: list[tuple[str, str, dict[str, str], bytes]] = [
     ("POST", "/v1/chat/completions", {}, b'{"model": "m"}'),
     ("POST", "/v1/chat/completions?debug=1", {"traceparent": PARENT}, b"{}"),
     ("POST", "/v1/completions", {"user-agent": "openai/1.0 python"}, b"{}"),
+    # The edge gives the library's helpers only the headers they read: any other one they came to
+    # read (a proxy's, a client's) would show here as a difference.
+    ("POST", "/v1/completions", SDK_AND_PROXY_HEADERS, b"{}"),
     ("GET", "/v1/models", {"traceparent": PARENT, "tracestate": "vendor=x"}, b""),
     ("GET", "/v1/broken", {}, b""),
     ("GET", "/v1/unavailable", {}, b""),

@@ -1,14 +1,14 @@
 """The edge's SERVER span for each HTTP request, made with opentelemetry-instrumentation-asgi's own
 helpers in a thinner middleware than FastAPIInstrumentor's.
 
-Why not FastAPIInstrumentor on the hot path: at 300 req/s its middleware cost the edge about
-145 µs more CPU per request than this one, for the same span (benchmarks/deltas.py's telemetry
-delta, all three services, was +0.6 to +0.8 ms against a target of 0.8). It sets every request
-attribute twice, scans all headers again for each of its nine header lookups, matches every route
-again to name the span, wraps the app in a second error middleware and records five OpenTelemetry
-HTTP metrics that the edge already keeps in Prometheus. The span's attributes and status come
-from the library's own `collect_request_attributes` and `set_status_code`, and its name is
-FastAPI's route as the instrumentor names it; a test compares the two spans for the same requests.
+Why not FastAPIInstrumentor on the hot path: for the same span it costs about a third more CPU
+per request (benchmarks/http_spans.py: 178 µs over an untraced app against 115, with export, for a
+request as the openai SDK sends it). It sets every request attribute twice, decodes every header
+again for each of its header lookups, matches every route again to name the span, wraps the app in
+a second error middleware and records OpenTelemetry HTTP metrics that the edge already keeps in
+Prometheus. Here the span's attributes and status come from the library's own
+`collect_request_attributes` and `set_status_code`, given only the headers they read, and its name
+is the route as the instrumentor names it; a test compares the two spans for the same requests.
 `AFTERSHOCK_EDGE_HTTP_TRACING=instrumentor` puts FastAPIInstrumentor back (its request hooks,
 `OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_*`, `OTEL_SEMCONV_STABILITY_OPT_IN` and its metrics);
 these spans use the default (pre-stable) HTTP semantic conventions, as the instrumentor does
@@ -28,7 +28,7 @@ from opentelemetry.instrumentation.asgi import (
     set_status_code,
 )
 from opentelemetry.instrumentation.propagators import get_global_response_propagator
-from opentelemetry.propagate import extract
+from opentelemetry.propagate import extract, get_global_textmap
 from opentelemetry.semconv.attributes.http_attributes import HTTP_ROUTE
 from opentelemetry.trace import SpanKind, TracerProvider
 from opentelemetry.util.http import sanitize_method
@@ -36,6 +36,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # The instrumentor's scope name, so that a trace looks the same whichever made the span.
 SCOPE = "opentelemetry.instrumentation.fastapi"
+# The request headers collect_request_attributes reads (the propagator's are added per request).
+_ATTRIBUTE_HEADERS = frozenset({b"host", b"user-agent"})
 
 
 class ServerSpans:
@@ -64,12 +66,16 @@ class ServerSpans:
         method = sanitize_method(scope["method"])
         if method == "_OTHER":
             method = "HTTP"
-        attributes: dict[str, Any] = collect_request_attributes(scope)  # type: ignore[no-untyped-call]
+        # The library's helpers decode every header for each one they look up (six lookups; an
+        # SDK client sends ~17 headers), so they get the headers they read and no others.
+        wanted = _ATTRIBUTE_HEADERS | {name.encode() for name in get_global_textmap().fields}
+        narrow = {**scope, "headers": [item for item in scope["headers"] if item[0] in wanted]}
+        attributes: dict[str, Any] = collect_request_attributes(narrow)  # type: ignore[no-untyped-call]
         name = method
         if scope["path"] in self.routes:
             name = f"{method} {scope['path']}"
             attributes[HTTP_ROUTE] = scope["path"]
-        parent = extract(scope, getter=asgi_getter)  # type: ignore[misc]
+        parent = extract(narrow, getter=asgi_getter)
         span = self.tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes)
         token = context.attach(trace.set_span_in_context(span))
 

@@ -1,7 +1,8 @@
 """The telemetry and dedupe deltas, every configuration measured in the same window.
 
     PYTHONPATH=$PWD/platform .venv/bin/python benchmarks/deltas.py [--windows 3] [--seconds 20]
-        [--rated-rps 300] [--rated-streams 100] [--quick] [--also CONFIG,...] [--out reports/bench]
+        [--rated-rps 300] [--rated-streams 100] [--replicas 2] [--quick] [--also CONFIG,...]
+        [--out reports/bench]
 
 overhead.py measures each configuration on its own stack, minutes after the last one. At 300
 req/s a service's CPU per request moves more between such windows on this VM than telemetry
@@ -12,8 +13,12 @@ at once and take turns of one second at the offered rate, in a fresh random orde
 CPU (all threads, redis-server's for dedupe) is read over the whole window, less what it spends
 idle while the others have their turn (its idle rate, measured over 10 s with all stacks idle, 5 s
 with --quick; the clock ticks are 10 ms, so a short measurement would be mostly rounding), and
-divided by the requests it served. Before the first window every stack serves the saturated loops overhead.py
-runs first (keyed, for dedupe), so none is measured fresh. Each window gives one paired
+divided by the requests it served. Two stacks of one configuration can differ by ~0.07 ms per
+request per service for as long as they run (one process is luckier than another: memory layout,
+which core it lands on), as much as some of the differences measured here, so each configuration
+runs as --replicas stacks (2 by default), its figures are their mean, and the report prints each
+replica's. Before the first window every stack serves the saturated loops overhead.py runs first
+(keyed, for dedupe), so none is measured fresh. Each window gives one paired
 difference; the report prints their median [min - max] beside BENCHMARKS.md's targets. A failed
 request is printed beside the figures and makes the exit status 1.
 """
@@ -47,6 +52,7 @@ TARGETS = [
     ("dedupe-on", "nonstream.cpu_ms_per_req.all", 1.0),
     ("dedupe-on", "stream.cpu_us_per_token.edge+backend+redis", 30.0),
 ]
+SPREAD_KEYS = ("nonstream.cpu_ms_per_req.all", "stream.cpu_us_per_token.edge+backend+redis")
 # scenario: (model, max_tokens, stream)
 SCENARIOS = {"nonstream": ("bench-zero", 16, False), "stream": ("bench-zero", 64, True)}
 
@@ -127,12 +133,25 @@ async def window(
     return out
 
 
+def config_of(stack: str) -> str:
+    """The configuration a stack runs: stacks are named CONFIG#REPLICA."""
+    return stack.split("#", 1)[0]
+
+
+def by_config(per_stack: dict[str, Figures]) -> dict[str, Figures]:
+    """Each configuration's figures: the mean over its replica stacks."""
+    groups: dict[str, list[Figures]] = {}
+    for stack, figures in per_stack.items():
+        groups.setdefault(config_of(stack), []).append(figures)
+    return {name: {k: statistics.fmean(f[k] for f in fs) for k in fs[0]} for name, fs in groups.items()}
+
+
 def targets_of(stacks: dict[str, Stack], scenario: str) -> dict[str, HttpTarget]:
-    """One client per stack; the dedupe stack's requests each carry a fresh Idempotency-Key."""
+    """One client per stack; the dedupe stacks' requests each carry a fresh Idempotency-Key."""
     model, max_tokens, stream = SCENARIOS[scenario]
     targets = {name: HttpTarget(s.edge_url, model, max_tokens, stream, 128) for name, s in stacks.items()}
     for name, target in targets.items():
-        if CONFIGS[name].dedupe:
+        if CONFIGS[config_of(name)].dedupe:
             target.idempotency_prefix = f"deltas-{scenario}-{time.monotonic_ns()}"
     return targets
 
@@ -176,6 +195,16 @@ def differences(windows: list[dict[str, Figures]]) -> dict[str, dict[str, list[f
     return out
 
 
+def replica_spread(per_stack: list[dict[str, Figures]], say: Callable[[str], None] = print) -> None:
+    """Each replica's figures (median over windows) side by side: how far apart two stacks of one
+    configuration sit, the noise floor of a difference between configurations."""
+    say("\n== replicas of one configuration, each a median over windows")
+    for stack in sorted(per_stack[0]):
+        figures = [statistics.median(w[stack][key] for w in per_stack) for key in SPREAD_KEYS]
+        pairs = zip(SPREAD_KEYS, figures, strict=True)
+        say(f"{stack:24s} " + "  ".join(f"{key} {v:.3f}" for key, v in pairs))
+
+
 def verdict(value: float, target: float) -> str:
     return "met" if value <= target else "missed"
 
@@ -214,16 +243,17 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="each configuration's share of a window")
     parser.add_argument("--rated-rps", type=float, default=300.0)
     parser.add_argument("--rated-streams", type=float, default=100.0)
-    parser.add_argument("--quick", action="store_true", help="one short window (smoke test)")
+    parser.add_argument("--quick", action="store_true", help="one short window, one stack each (smoke test)")
+    parser.add_argument("--replicas", type=int, default=2, help="stacks per configuration, figures averaged")
     parser.add_argument(
         "--also", default="", help="more configurations in the same windows, e.g. telemetry-instrumentor"
     )
     parser.add_argument("--out", type=Path, default=Path("reports/bench"))
     args = parser.parse_args()
-    windows, seconds, idle_s, scale = (
+    windows, seconds, idle_s, scale, replicas = (
         # Even --quick measures idle over 5 s: over 1 s, one 10 ms tick more or less is 0.01 s/s,
         # which times 4 s of other stacks' turns is as much as redis-server's whole share.
-        (1, 2.0, 5.0, 0.1) if args.quick else (args.windows, args.seconds, 10.0, 1.0)
+        (1, 2.0, 5.0, 0.1, 1) if args.quick else (args.windows, args.seconds, 10.0, 1.0, args.replicas)
     )
     receiver = DiscardReceiver()
     export_to(receiver.port)
@@ -231,19 +261,23 @@ def main() -> int:
         with contextlib.ExitStack() as running:
             stacks: dict[str, Stack] = {}
             for name in config_names(",".join((*DEFAULT_CONFIGS, args.also))):
-                config = stack_config(name, args.out / "logs" / f"deltas-{name}")
-                stacks[name] = running.enter_context(Stack(config))
-                stacks[name].start()
+                for replica in range(1, replicas + 1):
+                    config = stack_config(name, args.out / "logs" / f"deltas-{name}-{replica}")
+                    stack = stacks[f"{name}#{replica}"] = running.enter_context(Stack(config))
+                    stack.start()
             asyncio.run(load_first(stacks, scale))
             rates = {"nonstream": args.rated_rps, "stream": args.rated_streams}
             idle = idle_rates(stacks, idle_s)
-            results = [measure(stacks, rates, seconds, idle) for _ in range(windows)]
+            per_stack = [measure(stacks, rates, seconds, idle) for _ in range(windows)]
     finally:
         receiver.stop()
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"deltas-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps({"windows": results, "idle_cpu_s_per_s": idle, "quick": args.quick}, indent=1))
+    results = [by_config(w) for w in per_stack]
+    raw = {"windows": results, "stacks": per_stack, "idle_cpu_s_per_s": idle, "quick": args.quick}
+    path.write_text(json.dumps(raw, indent=1))
     clean = report(results)
+    replica_spread(per_stack)
     print(f"\nraw results: {path}")
     return 0 if clean else 1
 

@@ -71,6 +71,27 @@ def test_deltas_are_paired_per_window_and_judged_against_the_targets() -> None:
     assert [line.rsplit(" ", 1)[1] for line in lines if line.endswith(("met", "missed"))] == ["missed"] * 3
 
 
+def test_a_configurations_figures_are_the_mean_of_its_replica_stacks() -> None:
+    def figures(per_request: float, per_token: float) -> deltas.Figures:
+        key, token_key = deltas.SPREAD_KEYS
+        return {key: per_request, token_key: per_token}
+
+    per_stack = {
+        "telemetry-on#1": figures(2.4, 90.0),
+        "telemetry-on#2": figures(2.6, 96.0),
+        "telemetry-off#1": figures(1.8, 80.0),
+    }
+    merged = deltas.by_config(per_stack)
+    assert merged["telemetry-on"]["nonstream.cpu_ms_per_req.all"] == pytest.approx(2.5)
+    assert merged["telemetry-on"]["stream.cpu_us_per_token.edge+backend+redis"] == pytest.approx(93.0)
+    assert merged["telemetry-off"]["nonstream.cpu_ms_per_req.all"] == pytest.approx(1.8)
+    lines: list[str] = []
+    deltas.replica_spread([per_stack, per_stack], lines.append)
+    # Each replica's own figures are printed, so their spread can be read beside the deltas.
+    (second,) = [line for line in lines if line.startswith("telemetry-on#2")]
+    assert "nonstream.cpu_ms_per_req.all 2.600" in second
+
+
 def test_a_failed_request_is_reported_and_fails_the_run() -> None:
     windows = [_window(2.5, 2.0, 2.9)]
     windows[0]["dedupe-on"]["nonstream.errors"] = 3.0
@@ -93,6 +114,8 @@ def test_quick_run_measures_every_configuration_in_one_window(tmp_path: Path) ->
     (raw,) = tmp_path.glob("deltas-*.json")
     (window,) = json.loads(raw.read_text())["windows"]
     assert set(window) == {"telemetry-on", "telemetry-off", "dedupe-on"}
+    (stacks,) = json.loads(raw.read_text())["stacks"]  # --quick: one stack per configuration
+    assert set(stacks) == {"telemetry-on#1", "telemetry-off#1", "dedupe-on#1"}
     for name, figures in window.items():
         assert figures["nonstream.errors"] == figures["stream.errors"] == 0
         assert figures["nonstream.requests"] > 0 and figures["stream.requests"] > 0

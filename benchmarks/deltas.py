@@ -32,6 +32,7 @@ import json
 import statistics
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -52,6 +53,7 @@ TARGETS = [
     ("dedupe-on", "nonstream.cpu_ms_per_req.all", 1.0),
     ("dedupe-on", "stream.cpu_us_per_token.edge+backend+redis", 30.0),
 ]
+COUNTS = (".errors", ".requests")
 SPREAD_KEYS = ("nonstream.cpu_ms_per_req.all", "stream.cpu_us_per_token.edge+backend+redis")
 # scenario: (model, max_tokens, stream)
 SCENARIOS = {"nonstream": ("bench-zero", 16, False), "stream": ("bench-zero", 64, True)}
@@ -127,6 +129,9 @@ async def window(
             await target.close()
     off_turn_s = wall * (len(stacks) - 1) / len(stacks)
     out: dict[str, Figures] = {}
+    for name, run in runs.items():  # what failed, by kind, beside the count in the figures
+        if failed := Counter(r.error for r in run.results if not r.ok):
+            print(f"warning: {name} {scenario}: {dict(failed)} failed", file=sys.stderr)
     for name in stacks:
         mine = {key.split("/", 1)[1]: s for key, s in spent.items() if key.startswith(name + "/")}
         out[name] = figures_of(scenario, runs[name], mine, idle[name], off_turn_s)
@@ -139,11 +144,15 @@ def config_of(stack: str) -> str:
 
 
 def by_config(per_stack: dict[str, Figures]) -> dict[str, Figures]:
-    """Each configuration's figures: the mean over its replica stacks."""
+    """Each configuration's figures: the mean over its replica stacks, but counts (failed and
+    served requests) summed, so that one failure among replicas is still one."""
     groups: dict[str, list[Figures]] = {}
     for stack, figures in per_stack.items():
         groups.setdefault(config_of(stack), []).append(figures)
-    return {name: {k: statistics.fmean(f[k] for f in fs) for k in fs[0]} for name, fs in groups.items()}
+    return {
+        name: {k: (sum if k.endswith(COUNTS) else statistics.fmean)(f[k] for f in fs) for k in fs[0]}
+        for name, fs in groups.items()
+    }
 
 
 def targets_of(stacks: dict[str, Stack], scenario: str) -> dict[str, HttpTarget]:

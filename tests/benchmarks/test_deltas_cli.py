@@ -92,6 +92,19 @@ def test_a_configurations_figures_are_the_mean_of_its_replica_stacks() -> None:
     assert "nonstream.cpu_ms_per_req.all 2.600" in second
 
 
+def test_one_failure_among_replicas_is_still_counted_and_fails_the_run() -> None:
+    per_stack = {
+        f"{name}#{replica}": {"nonstream.cpu_ms_per_req.all": 2.0, "nonstream.errors": float(replica == 2)}
+        for name in ("telemetry-on", "telemetry-off", "dedupe-on")
+        for replica in (1, 2)
+    }
+    merged = deltas.by_config(per_stack)
+    assert merged["telemetry-on"]["nonstream.errors"] == 1.0  # its second stack's one, not half of it
+    lines: list[str] = []
+    assert not deltas.report([merged], lines.append)
+    assert any("3 requests failed" in line for line in lines)
+
+
 def test_a_failed_request_is_reported_and_fails_the_run() -> None:
     windows = [_window(2.5, 2.0, 2.9)]
     windows[0]["dedupe-on"]["nonstream.errors"] = 3.0

@@ -58,6 +58,17 @@ class ServerSpans:
         self.routes = frozenset(routes)
         self.excluded = frozenset(excluded)
         self.tracer = trace.get_tracer(SCOPE, tracer_provider=tracer_provider)
+        self._textmap: object = None
+        self._wanted: frozenset[bytes] = _ATTRIBUTE_HEADERS
+
+    def _wanted_headers(self) -> frozenset[bytes]:
+        """The headers the span is made from; derived again only when the global propagator is
+        replaced (its `fields` builds a new set on every call)."""
+        textmap = get_global_textmap()
+        if textmap is not self._textmap:
+            self._textmap = textmap
+            self._wanted = _ATTRIBUTE_HEADERS | {name.encode() for name in textmap.fields}
+        return self._wanted
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.excluded:
@@ -68,7 +79,7 @@ class ServerSpans:
             method = "HTTP"
         # The library's helpers decode every header for each one they look up (six lookups; an
         # SDK client sends ~17 headers), so they get the headers they read and no others.
-        wanted = _ATTRIBUTE_HEADERS | {name.encode() for name in get_global_textmap().fields}
+        wanted = self._wanted_headers()
         narrow = {**scope, "headers": [item for item in scope["headers"] if item[0] in wanted]}
         attributes: dict[str, Any] = collect_request_attributes(narrow)  # type: ignore[no-untyped-call]
         name = method
